@@ -1,0 +1,404 @@
+"""Padding-free packing and prompt sharing: the fast path of the log-prob engine.
+
+Three ideas, each exact (the log-probs equal the padded computation up to float rounding):
+
+1. **Packing.** The G * B sequences of a batch are laid end to end, with position ids restarting at 0
+   per sequence and an attention mask that never crosses a sequence boundary, so no compute is spent
+   on padding. :func:`pack_batch` turns a padded :class:`~prefkit.data.batch.Batch` into the packed
+   layout described in ``prefkit/data/batch.py``.
+2. **Prefix sharing.** The G sequences of one example start with the same prompt. Laid out as
+   ``[prompt, completion_1, ..., completion_G]``, the prompt is encoded once; completion g keeps the
+   position ids it would have had after the prompt (``P, P+1, ...``) and attends to the prompt and to
+   itself, never to another completion. The first token of each completion is predicted from the
+   prompt's last hidden state (shared by all G completions).
+3. **Chunked output layer.** Only the hidden states that predict a scored (completion) token go
+   through the output layer, via :func:`prefkit.models.chunked.target_logps`, so the full
+   ``(tokens, vocab)`` logits are never built.
+
+Attention backends (chosen from ``model.config._attn_implementation``):
+
+- ``flash_attention_*`` (varlen kernels), no prefix sharing: one row, ``position_ids`` only;
+  transformers derives ``cu_seqlens`` from the position-id restarts. Exactly no padding.
+- ``flex_attention`` on CUDA: a FlexAttention ``BlockMask`` built from a mask function (block-sparse:
+  fully masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13, so on CPU the
+  dense path below is used.
+- ``sdpa`` / ``eager`` (and anything else): a dense 4D mask per row, boolean for SDPA, additive float
+  for eager. A dense mask costs attention over the whole row, so sequences are bin-packed
+  (first-fit decreasing) into rows no longer than the longest packed unit (``max_row_tokens`` to
+  override); the rows carry a few padding tokens at their ends, far fewer than right padding.
+
+Every mask is the same rule, on per-token ``doc`` (packed unit: one sequence, or one example when its
+prompt is shared) and ``seg`` (0 for the shared prompt or an unshared sequence, g + 1 for completion g)
+ids: query q sees key k iff ``doc[q] == doc[k] and k <= q and (seg[k] == 0 or seg[k] == seg[q])``.
+
+Results come back per sequence in the batch's row order (``row g * B + b``), whatever the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from prefkit.data.batch import Batch
+from prefkit.models.chunked import target_logps
+
+AttentionKind = Literal["auto", "varlen", "flex", "sdpa", "eager"]
+
+
+@dataclass(frozen=True)
+class PackedLogps:
+    """Per-sequence results of the fast path, in the batch's row order.
+
+    logps: (N,) float32 completion log-probs summed over scored tokens.
+    tokens: (N,) float32 scored-token counts.
+    token_logps: (N, T) float32 per-token log-probs, column t = log-prob of token t of the sequence
+        (0 where not scored); only when requested.
+    token_mask: (N, T) 1.0 on scored tokens; with ``token_logps``.
+    """
+
+    logps: Tensor
+    tokens: Tensor
+    token_logps: Tensor | None = None
+    token_mask: Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Packing a padded batch
+# --------------------------------------------------------------------------------------------------
+
+
+def _sequences(batch: Batch) -> list[tuple[Tensor, Tensor]]:
+    """(token ids (L,), completion mask (L,)) per sequence, row order, padding removed."""
+    if batch.layout == "packed":
+        assert batch.seq_lens is not None, "packed batch needs seq_lens"
+        lens = [int(x) for x in batch.seq_lens]
+        ids = torch.split(batch.input_ids[0], lens)
+        cmask = torch.split(batch.completion_mask[0], lens)
+        return list(zip(ids, cmask, strict=True))
+    real = batch.attention_mask.bool()  # (N, T)
+    return [(batch.input_ids[n][real[n]], batch.completion_mask[n][real[n]])
+            for n in range(batch.input_ids.shape[0])]
+
+
+def pack_batch(batch: Batch) -> Batch:
+    """The same batch in the padding-free ``layout="packed"``: (1, total) tokens, restarting positions.
+
+    Per-example fields (strength, weight, labels, ...) are kept as they are. A packed batch is returned
+    unchanged.
+    """
+    if batch.layout == "packed":
+        return batch
+    seqs = _sequences(batch)
+    lens = torch.tensor([len(ids) for ids, _ in seqs], dtype=torch.long)
+    input_ids = torch.cat([ids for ids, _ in seqs])[None]  # (1, total)
+    completion_mask = torch.cat([c for _, c in seqs])[None]  # (1, total)
+    position_ids = torch.cat([torch.arange(int(n)) for n in lens])[None].to(input_ids.device)
+    return replace(
+        batch, layout="packed", input_ids=input_ids, completion_mask=completion_mask,
+        attention_mask=torch.ones_like(input_ids), position_ids=position_ids,
+        seq_lens=lens.to(input_ids.device),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The row plan: where every token goes and which hidden state predicts each scored token
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    seq: int  # sequence row n the tokens come from
+    start: int  # first position taken from that sequence
+    stop: int  # one past the last position
+    seg: int  # 0 shared prompt / whole sequence, g + 1 completion g
+
+
+@dataclass(frozen=True)
+class _Plan:
+    input_ids: Tensor  # (R, L)
+    position_ids: Tensor  # (R, L)
+    doc_ids: Tensor  # (R, L), -1 on row padding
+    seg_ids: Tensor  # (R, L)
+    pred_index: Tensor  # (S,) flat index into (R * L) of the hidden state predicting each scored token
+    target_ids: Tensor  # (S,) the scored tokens
+    seq_index: Tensor  # (S,) sequence row n of each scored token
+    col_index: Tensor  # (S,) position t of each scored token in its sequence
+    num_sequences: int
+    max_len: int  # T: longest sequence (columns of token_logps)
+    num_real_tokens: int  # tokens the model runs on, excluding row padding
+
+
+def _docs(seqs: list[tuple[Tensor, Tensor]], group_size: int, share_prefix: bool) -> list[list[_Piece]]:
+    """Packed units: one per sequence, or one per example ``[prefix, completion_1..G]`` when shared."""
+    n_seq = len(seqs)
+    if not share_prefix or group_size < 2:
+        return [[_Piece(n, 0, len(seqs[n][0]), 0)] for n in range(n_seq)]
+    b_count = n_seq // group_size
+    docs = []
+    for b in range(b_count):
+        rows = [g * b_count + b for g in range(group_size)]
+        shared = _shared_prefix_len([seqs[n] for n in rows])
+        if shared < 1:
+            docs.extend([[_Piece(n, 0, len(seqs[n][0]), 0)] for n in rows])
+            continue
+        pieces = [_Piece(rows[0], 0, shared, 0)]
+        pieces += [_Piece(n, shared, len(seqs[n][0]), g + 1) for g, n in enumerate(rows)
+                   if len(seqs[n][0]) > shared]
+        docs.append(pieces)
+    return docs
+
+
+def _shared_prefix_len(group: list[tuple[Tensor, Tensor]]) -> int:
+    """Tokens the G sequences share before any of them has a scored token (longest common prefix,
+    capped at each sequence's first scored position)."""
+    cap = min(len(ids) for ids, _ in group)
+    for _, cmask in group:
+        scored = torch.nonzero(cmask[1:]).flatten()  # position 0 is never scored
+        if scored.numel():
+            cap = min(cap, int(scored[0]) + 1)
+    first = group[0][0][:cap]
+    for ids, _ in group[1:]:
+        diff = torch.nonzero(ids[:cap] != first).flatten()
+        if diff.numel():
+            cap = int(diff[0])
+    return cap
+
+
+def _bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: unit indices per row, each row's total length <= capacity."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: int | None,
+          pad_id: int) -> _Plan:
+    seqs = _sequences(batch)
+    device = batch.input_ids.device
+    docs = _docs(seqs, batch.group_size, share_prefix)
+    doc_len = [sum(p.stop - p.start for p in d) for d in docs]
+    if one_row:
+        rows = [list(range(len(docs)))]
+    else:
+        capacity = max(max(doc_len), max_row_tokens or 0)
+        rows = _bins(doc_len, capacity)
+    width = max(sum(doc_len[i] for i in row) for row in rows)
+
+    ids_rows, pos_rows, doc_rows, seg_rows = [], [], [], []
+    pred, target, seq_idx, col_idx = [], [], [], []
+    for r, row in enumerate(rows):
+        ids_parts, pos_parts, doc_parts, seg_parts = [], [], [], []
+        offset = r * width  # flat index of this row's first token
+        for d in row:
+            prefix_last = -1  # flat index of the shared prompt's last token
+            for piece in docs[d]:
+                ids, cmask = seqs[piece.seq]
+                n_tok = piece.stop - piece.start
+                ids_parts.append(ids[piece.start:piece.stop])
+                pos_parts.append(torch.arange(piece.start, piece.stop, device=device))
+                doc_parts.append(torch.full((n_tok,), d, dtype=torch.long, device=device))
+                seg_parts.append(torch.full((n_tok,), piece.seg, dtype=torch.long, device=device))
+                scored = torch.nonzero(cmask[piece.start:piece.stop].bool()).flatten() + piece.start
+                scored = scored[scored >= 1]  # position 0 has no predecessor
+                flat = offset + scored - piece.start  # flat index of each scored token
+                pred_flat = flat - 1
+                if piece.seg > 0:  # the completion's first token is predicted by the prompt's last
+                    pred_flat = torch.where(scored == piece.start, torch.full_like(flat, prefix_last),
+                                            pred_flat)
+                pred.append(pred_flat)
+                target.append(ids[scored])
+                seq_idx.append(torch.full_like(scored, piece.seq))
+                col_idx.append(scored)
+                if piece.seg == 0:
+                    prefix_last = offset + n_tok - 1
+                offset += n_tok
+        used = sum(len(p) for p in ids_parts)
+        pad = width - used
+        ids_parts.append(torch.full((pad,), pad_id, dtype=seqs[0][0].dtype, device=device))
+        pos_parts.append(torch.arange(pad, device=device))
+        doc_parts.append(torch.full((pad,), -1, dtype=torch.long, device=device))
+        seg_parts.append(torch.zeros(pad, dtype=torch.long, device=device))
+        ids_rows.append(torch.cat(ids_parts))
+        pos_rows.append(torch.cat(pos_parts))
+        doc_rows.append(torch.cat(doc_parts))
+        seg_rows.append(torch.cat(seg_parts))
+    return _Plan(
+        input_ids=torch.stack(ids_rows), position_ids=torch.stack(pos_rows),
+        doc_ids=torch.stack(doc_rows), seg_ids=torch.stack(seg_rows),
+        pred_index=torch.cat(pred), target_ids=torch.cat(target).long(), seq_index=torch.cat(seq_idx),
+        col_index=torch.cat(col_idx), num_sequences=len(seqs),
+        max_len=max(len(ids) for ids, _ in seqs), num_real_tokens=sum(doc_len),
+    )
+
+
+def _dense_mask(doc: Tensor, seg: Tensor) -> Tensor:
+    """(R, 1, L, L) bool: q sees k iff same doc, k <= q, and k is prompt or in q's own segment."""
+    length = doc.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=doc.device).tril()  # (L, L)
+    same_doc = doc[:, :, None] == doc[:, None, :]  # (R, L, L)
+    visible_seg = (seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])  # (R, L, L)
+    return (same_doc & visible_seg & causal)[:, None]
+
+
+def _flex_mask(doc: Tensor, seg: Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        same_doc = doc[b, q] == doc[b, k]
+        visible = (seg[b, k] == 0) | (seg[b, k] == seg[b, q])
+        return same_doc & visible & (k <= q)
+
+    rows, length = doc.shape
+    return create_block_mask(mask_mod, rows, None, length, length, device=doc.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the model
+# --------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def fast_path_unsupported(model: nn.Module) -> str | None:
+    """Why the fast path cannot run ``model`` (None when it can): the reason, in one line."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return "prompt-learning PEFT adapters add virtual tokens"
+    inner = _unwrap(model)
+    config = getattr(inner, "config", None)
+    if config is None or not hasattr(inner, "get_output_embeddings"):
+        return "not a transformers causal LM"
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return "the model rescales its logits (softcapping / logit_scale)"
+    head = inner.get_output_embeddings()
+    if head is None:
+        return "the model has no output embeddings"
+    decoder = inner.get_decoder()
+    if decoder is inner:
+        return "cannot find the decoder under the LM head"
+    return None
+
+
+def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) -> AttentionKind:
+    impl = str(getattr(_unwrap(model).config, "_attn_implementation", "eager") or "eager")
+    if "flash" in impl and not share_prefix:
+        return "varlen"
+    if impl == "flex_attention" and device.type == "cuda":
+        return "flex"
+    if impl == "sdpa":
+        return "sdpa"
+    return "eager"
+
+
+def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: torch.dtype):
+    inner = _unwrap(model)
+    decoder = inner.get_decoder()
+    kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
+    if kind == "varlen":
+        kwargs["attention_mask"] = None
+    elif kind == "flex":
+        kwargs["attention_mask"] = _flex_mask(plan.doc_ids, plan.seg_ids)
+    else:
+        mask = _dense_mask(plan.doc_ids, plan.seg_ids)
+        if kind == "eager":
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min)
+        kwargs["attention_mask"] = mask
+    out = decoder(**kwargs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, L, H)
+    return hidden, inner.get_output_embeddings()
+
+
+def _scored_logps(hidden: Tensor, head: nn.Module, plan: _Plan, chunk_size: int) -> Tensor:
+    """(S,) log-probs of the scored tokens from the hidden states that predict them."""
+    h = hidden.reshape(-1, hidden.shape[-1])[plan.pred_index]  # (S, H)
+    if type(head) is nn.Linear:
+        return target_logps(h, head.weight, plan.target_ids, bias=head.bias, chunk_size=chunk_size)
+    # A wrapped head (e.g. LoRA on lm_head): run it, still only on the scored positions.
+    logits = head(h).float()  # (S, V)
+    return torch.log_softmax(logits, dim=-1).gather(1, plan.target_ids[:, None]).squeeze(1)
+
+
+def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
+                          chunk_size: int = 1024, token_logps: bool = False,
+                          max_row_tokens: int | None = None,
+                          attention: AttentionKind = "auto") -> PackedLogps:
+    """Completion log-probs of every sequence of ``batch`` (padded or packed), padding-free.
+
+    Args:
+        model: a transformers causal LM, optionally PEFT-wrapped (LoRA); see
+            :func:`fast_path_unsupported` for what is refused.
+        batch: any :class:`Batch`; scored tokens are those with ``completion_mask == 1``
+            (position 0 is never scored: it has no predecessor).
+        share_prefix: encode each example's common prompt once (see module docstring).
+        chunk_size: rows of logits materialised at a time by the output layer.
+        token_logps: also return (N, T) per-token log-probs and mask (column t = token t).
+        max_row_tokens: dense-mask backends only; row capacity for bin packing (default: the longest
+            packed unit, so attention never costs more than with padding).
+        attention: force a backend; ``"auto"`` reads the model's attention implementation.
+
+    Returns:
+        :class:`PackedLogps` in row order; differentiable wrt the model's parameters.
+    """
+    reason = fast_path_unsupported(model)
+    if reason is not None:
+        raise ValueError(f"packed log-probs cannot run this model: {reason}")
+    device = batch.input_ids.device
+    kind = _attention_kind(model, share_prefix, device) if attention == "auto" else attention
+    if kind == "varlen" and share_prefix:
+        raise ValueError("varlen attention cannot share prefixes; use flex, sdpa or eager")
+    config = _unwrap(model).config
+    pad_id = getattr(config, "pad_token_id", None) or 0
+    plan = _plan(batch, share_prefix=share_prefix, one_row=kind in ("varlen", "flex"),
+                 max_row_tokens=max_row_tokens, pad_id=pad_id)
+    dtype = next(model.parameters()).dtype
+    hidden, head = _hidden_and_head(model, plan, kind, dtype)
+    logps = _scored_logps(hidden, head, plan, chunk_size)  # (S,)
+    n = plan.num_sequences
+    seq_logps = torch.zeros(n, dtype=torch.float32, device=logps.device).index_add(0, plan.seq_index, logps)
+    tokens = torch.bincount(plan.seq_index, minlength=n).to(torch.float32)  # (N,)
+    if not token_logps:
+        return PackedLogps(seq_logps, tokens)
+    per_token = torch.zeros(n, plan.max_len, dtype=torch.float32, device=logps.device)  # (N, T)
+    per_token = per_token.index_put((plan.seq_index, plan.col_index), logps)
+    mask = torch.zeros_like(per_token).index_put((plan.seq_index, plan.col_index),
+                                                 torch.ones_like(logps.detach()))
+    return PackedLogps(seq_logps, tokens, per_token, mask)
+
+
+def prefix_shared_sequence_logps(model: nn.Module, batch: Batch, **kwargs) -> PackedLogps:
+    """:func:`packed_sequence_logps` with each example's prompt encoded once (``share_prefix=True``)."""
+    return packed_sequence_logps(model, batch, share_prefix=True, **kwargs)
+
+
+def packing_stats(batch: Batch, *, share_prefix: bool = False) -> dict[str, int]:
+    """Token counts for logging/benchmarks: padded tokens, real tokens, and tokens the fast path runs."""
+    seqs = _sequences(batch)
+    longest = max(len(ids) for ids, _ in seqs)
+    docs = _docs(seqs, batch.group_size, share_prefix)
+    return {
+        "padded_tokens": longest * len(seqs),
+        "real_tokens": sum(len(ids) for ids, _ in seqs),
+        "run_tokens": sum(p.stop - p.start for d in docs for p in d),
+    }
+
+
+__all__ = ["PackedLogps", "pack_batch", "packed_sequence_logps", "prefix_shared_sequence_logps",
+           "fast_path_unsupported", "packing_stats"]
