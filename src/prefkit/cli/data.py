@@ -1,7 +1,168 @@
-"""``prefkit data`` subcommands (placeholder until implemented)."""
+"""``prefkit data``: inspect, validate and convert preference data (over ``prefkit.data``)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
-commands: dict[str, click.Command] = {}
+from prefkit.data.convert import RANKING_STRATEGIES, RATING_STRATEGIES, convert
+from prefkit.data.readers import FORMATS, Records, read
+from prefkit.data.summary import inspect_data
+from prefkit.data.writers import write
+from prefkit.errors import ConfigError, PrefkitError
+
+_format = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                       help="Row layout; 'auto' recognises each row by its columns.")
+_columns = click.option("--column", "columns", multiple=True, metavar="OURS=THEIRS",
+                        help="Map a record field to your column name, e.g. --column prompt=question.")
+
+
+def _parse_pairs(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{what} {item!r} must look like NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _read(path: str, fmt: str, columns: tuple[str, ...]) -> Records:
+    return read(path, format=fmt, columns=_parse_pairs(columns, "--column") or None, collect=True)
+
+
+@click.group("data")
+def data() -> None:
+    """Inspect, validate and convert preference data (JSONL, JSON, CSV, Parquet, .gz, save_to_disk)."""
+
+
+def _load_tokenizer(directory: str) -> Any:
+    if not Path(directory).is_dir():
+        raise PrefkitError(f"--tokenizer {directory!r} is not a folder; pass a local tokenizer folder "
+                           "(one written by save_pretrained)")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise PrefkitError(f"can't load a tokenizer from {directory!r}: {str(err).splitlines()[0]}") from None
+
+
+def _fmt_stats(name: str, s: dict[str, float]) -> str:
+    return f"  {name:<10}{s['n']:>8}{s['mean']:>10.1f}{s['min']:>8}{s['median']:>9}{s['max']:>9}"
+
+
+@data.command("inspect")
+@click.argument("file")
+@_format
+@_columns
+@click.option("--tokenizer", metavar="DIR", help="Local tokenizer folder for token lengths.")
+@click.option("--json", "json_out", metavar="OUT", help="Also write the report as JSON to OUT.")
+def inspect_cmd(file: str, fmt: str, columns: tuple[str, ...], tokenizer: str | None,
+                json_out: str | None) -> None:
+    """Counts, lengths, the chosen-longer share, duplicates and problems in FILE."""
+    tok = _load_tokenizer(tokenizer) if tokenizer else None
+    records = _read(file, fmt, columns)
+    report = inspect_data(records, tokenizer=tok, problems=records.skipped)
+    report = {"source": file, "rows": records.rows, **report}
+    kinds = ", ".join(f"{n} {k}s" for k, n in report["by_kind"].items()) or "none"
+    click.echo(f"{file}: {report['records']} records from {records.rows} rows ({kinds})")
+    click.echo(f"users: {report['users']} ({report['records_with_user']} records with a user id); "
+               f"ties: {report['ties']}; chat records: {report['chat_records']}")
+    quirks = ", ".join(f"{k} {v}" for k, v in report["quirks"].items())
+    click.echo(f"quirks kept and flagged: {quirks or 'none'}")
+    for unit in ("chars", "tokens"):
+        if unit in report:
+            click.echo(f"{unit} per field:{'n':>9}{'mean':>10}{'min':>8}{'median':>9}{'max':>9}")
+            for name, s in report[unit].items():
+                click.echo(_fmt_stats(name, s))
+    if report["pairs_compared"]:
+        c = report["chosen_longer_chars"]
+        click.echo(f"chosen longer than rejected (completion characters): {c['count']} of "
+                   f"{report['pairs_compared']} pairs ({100 * c['share']:.1f}%); shorter {c['shorter']}, "
+                   f"equal {c['equal']}")
+        if "chosen_longer_tokens" in report:
+            t = report["chosen_longer_tokens"]
+            click.echo(f"chosen longer than rejected (tokens): {t['count']} of {report['pairs_compared']} "
+                       f"pairs ({100 * t['share']:.1f}%)")
+    click.echo(f"duplicate prompts: {report['duplicate_prompts']}; duplicate pairs: {report['duplicate_pairs']}")
+    n_problems = sum(records.skipped.values())
+    detail = ", ".join(f"{n} {r}" for r, n in records.skipped.most_common())
+    click.echo(f"problems: {n_problems} rows skipped" + (f" ({detail})" if detail else "")
+               + (f"; {len(records.warnings)} warnings" if records.warnings else ""))
+    for err in records.problems[:10]:
+        click.echo(f"  {err}")
+    for w in records.warnings:
+        click.echo(f"  warning: {w}")
+    if json_out:
+        report["warnings"] = records.warnings
+        report["problem_lines"] = [str(e) for e in records.problems]
+        Path(json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@data.command("validate")
+@click.argument("file")
+@_format
+@_columns
+@click.option("--strict", is_flag=True, help="Count warnings (e.g. unknown columns) as problems.")
+@click.option("--max-problems", default=50, show_default=True, help="List at most this many problems.")
+def validate_cmd(file: str, fmt: str, columns: tuple[str, ...], strict: bool, max_problems: int) -> None:
+    """Check FILE: exit 0 if every row is valid, else list the problems and exit 1."""
+    records = _read(file, fmt, columns)
+    lines = [str(e) for e in records.problems]
+    warnings = [f"warning: {w}" for w in records.warnings]
+    for line in (lines + warnings)[:max_problems]:
+        click.echo(line)
+    hidden = len(lines) + len(warnings) - max_problems
+    if hidden > 0:
+        click.echo(f"... and {hidden} more")
+    n_bad = len(lines) + (len(warnings) if strict else 0)
+    if n_bad:
+        detail = ", ".join(f"{n} {r}" for r, n in records.skipped.most_common())
+        click.echo(f"{file}: {n_bad} problems in {records.rows} rows"
+                   + (f" ({detail})" if detail else ""), err=True)
+        raise click.exceptions.Exit(1)
+    quirks = sum(bool(r.metadata.get("quirks")) for r in records)
+    click.echo(f"{file}: ok, {len(records)} records from {records.rows} rows"
+               + (f" ({quirks} with known quirks kept and flagged)" if quirks else ""))
+
+
+@data.command("convert")
+@click.argument("src")
+@click.argument("out")
+@click.option("--to", "target", type=click.Choice(["pairs", "unpaired", "trl"]), required=True,
+              help="pairs (from ratings/rankings), unpaired (KTO style), trl (rewrite as TRL-style rows).")
+@click.option("--strategy", type=click.Choice(sorted({*RATING_STRATEGIES, *RANKING_STRATEGIES})),
+              help="Ratings: best_vs_worst (default), best_vs_random, all; rankings: all (default), "
+                   "adjacent, best_vs_rest.")
+@click.option("--min-gap", default=0.0, show_default=True, help="Ratings: smallest score gap for a pair.")
+@click.option("--seed", default=0, show_default=True, help="Ratings: seed for best_vs_random.")
+@click.option("--weights", default=None, metavar="A=W,B=W",
+              help="Ratings: score = sum of weight * attribute (default: the score, else the mean).")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True)
+@_format
+@_columns
+def convert_cmd(src: str, out: str, target: str, strategy: str | None, min_gap: float, seed: int,
+                weights: str | None, on_error: str, fmt: str, columns: tuple[str, ...]) -> None:
+    """Convert SRC to OUT (.jsonl, .jsonl.gz or .parquet)."""
+    records = read(src, format=fmt, columns=_parse_pairs(columns, "--column") or None,
+                   collect=on_error == "skip")
+    parsed_weights = None
+    if weights:
+        try:
+            parsed_weights = {k: float(v) for k, v in _parse_pairs(weights.split(","), "--weights").items()}
+        except ValueError:
+            raise ConfigError(f"--weights {weights!r}: each weight must be a number, e.g. helpfulness=0.5")
+    result = convert(records, target, strategy, **(
+        {"min_gap": min_gap, "seed": seed, "weights": parsed_weights} if target != "trl" else {}))
+    n = write(result, out)
+    skipped = records.skipped + result.skipped
+    detail = ", ".join(f"{c} {r}" for r, c in skipped.most_common())
+    click.echo(f"wrote {n} records to {out} (from {records.rows} rows)" + (f"; skipped: {detail}" if detail else ""))
+
+
+commands: dict[str, click.Command] = {"data": data}

@@ -1,5 +1,19 @@
-"""prefkit.data: typed preference records (``records``); readers, converters and writers follow."""
+"""prefkit.data: typed preference records, readers (``load``), validation, converters and writers.
 
+See ``docs/data.md``. Importing this package does not import torch (``batch``/``encode`` do).
+"""
+
+from prefkit.data.convert import (
+    attributes_to_score,
+    convert,
+    from_trl,
+    pairs_to_unpaired,
+    ranking_to_pairs,
+    ratings_to_pairs,
+    to_pairs,
+    to_trl,
+)
+from prefkit.data.readers import FORMATS, Records, load, read, row_to_records
 from prefkit.data.records import (
     Completion,
     Message,
@@ -15,8 +29,12 @@ from prefkit.data.records import (
     num_chars,
     text_of,
 )
+from prefkit.data.summary import inspect_data
+from prefkit.data.writers import write, write_jsonl, write_parquet
 
 __all__ = [
-    "Completion", "Message", "Pair", "Prompt", "Ranking", "Rating", "Record", "Role", "Unpaired",
-    "is_chat", "kind_of", "num_chars", "text_of",
+    "FORMATS", "Completion", "Message", "Pair", "Prompt", "Ranking", "Rating", "Record", "Records", "Role",
+    "Unpaired", "attributes_to_score", "convert", "from_trl", "inspect_data", "is_chat", "kind_of", "load",
+    "num_chars", "pairs_to_unpaired", "ranking_to_pairs", "ratings_to_pairs", "read", "row_to_records",
+    "text_of", "to_pairs", "to_trl", "write", "write_jsonl", "write_parquet",
 ]
