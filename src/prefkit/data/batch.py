@@ -45,6 +45,7 @@ class Batch:
     scores: Tensor | None = None  # lists / ratings: (B, G) or (B, A) scores, higher better
     user_ids: list[str | None] | None = None
     example_ids: list[str | None] | None = None  # record ids, for caching per-example results
+    score_names: tuple[str, ...] | None = None  # ratings: what each column of `scores` is
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
