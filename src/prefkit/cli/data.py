@@ -123,9 +123,8 @@ def validate_cmd(file: str, fmt: str, columns: tuple[str, ...], strict: bool, ma
     n_bad = len(lines) + (len(warnings) if strict else 0)
     if n_bad:
         detail = ", ".join(f"{n} {r}" for r, n in records.skipped.most_common())
-        click.echo(f"{file}: {n_bad} problems in {records.rows} rows"
-                   + (f" ({detail})" if detail else ""), err=True)
-        raise click.exceptions.Exit(1)
+        # a PrefkitError: `prefkit.cli.main.main` prints this one line to stderr and returns 1
+        raise PrefkitError(f"{file}: {n_bad} problems in {records.rows} rows" + (f" ({detail})" if detail else ""))
     quirks = sum(bool(r.metadata.get("quirks")) for r in records)
     click.echo(f"{file}: ok, {len(records)} records from {records.rows} rows"
                + (f" ({quirks} with known quirks kept and flagged)" if quirks else ""))

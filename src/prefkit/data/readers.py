@@ -576,6 +576,8 @@ def _pair(fields: dict[str, Any], nulls: set[str], common: dict[str, Any], *, hh
     hh_original: tuple[str, str] | None = None
     if "prompt" not in fields and (hh_text or (hh.looks_like_hh(chosen) and hh.looks_like_hh(rejected))):
         hh_original = (chosen, rejected)
+        if chosen == rejected:
+            raise _err("rejected", "is identical to 'chosen'", "identical")
         a, b = hh.parse(chosen, "chosen"), hh.parse(rejected, "rejected")
         n = _message_prefix(list(a), list(b))
         if n == 0:
