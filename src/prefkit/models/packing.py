@@ -56,13 +56,16 @@ class PackedLogps:
     tokens: (N,) float32 scored-token counts.
     token_logps: (N, T) float32 per-token log-probs, column t = log-prob of token t of the sequence
         (0 where not scored); only when requested.
-    token_mask: (N, T) 1.0 on scored tokens; with ``token_logps``.
+    mask: (N, T) 1.0 on scored tokens; with ``token_logps``.
+
+    The fields match ``prefkit.models.logprobs.SequenceLogps``; T is the padded width for a padded
+    batch, the longest sequence for a packed one.
     """
 
     logps: Tensor
     tokens: Tensor
     token_logps: Tensor | None = None
-    token_mask: Tensor | None = None
+    mask: Tensor | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ class _Plan:
     seq_index: Tensor  # (S,) sequence row n of each scored token
     col_index: Tensor  # (S,) position t of each scored token in its sequence
     num_sequences: int
-    max_len: int  # T: longest sequence (columns of token_logps)
+    max_len: int  # T: columns of token_logps (padded width, or longest sequence)
     num_real_tokens: int  # tokens the model runs on, excluding row padding
 
 
@@ -240,7 +243,8 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
         doc_ids=torch.stack(doc_rows), seg_ids=torch.stack(seg_rows),
         pred_index=torch.cat(pred), target_ids=torch.cat(target).long(), seq_index=torch.cat(seq_idx),
         col_index=torch.cat(col_idx), num_sequences=len(seqs),
-        max_len=max(len(ids) for ids, _ in seqs), num_real_tokens=sum(doc_len),
+        max_len=(batch.input_ids.shape[1] if batch.layout == "padded" else max(len(ids) for ids, _ in seqs)),
+        num_real_tokens=sum(doc_len),
     )
 
 
