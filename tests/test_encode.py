@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -291,3 +293,26 @@ def test_config_errors() -> None:
     with pytest.raises(ConfigError, match="did you mean 'max_length'"):
         EncodeConfig.from_dict({"max_lenght": 5})
     assert EncodeConfig.from_dict({"max_length": 64}).max_length == 64
+
+
+HH = Path(__file__).resolve().parents[1] / "../shared/data/hh-rlhf-harmless-1600.jsonl.gz"
+
+
+@pytest.mark.skipif(not HH.exists(), reason="HH-RLHF sample not present")
+def test_real_hh_pairs_encode_with_exact_masks() -> None:
+    """200 real HH-RLHF pairs (multi-turn chat): every completion mask decodes to the assistant
+    message(s) + EOS, BOS and EOS appear once, and truncation to 256 tokens is counted."""
+    from prefkit.data.readers import load
+
+    records = load(HH)[:200]
+    tok = tiny_tokenizer()
+    enc = Encoder(tok)
+    examples, report = enc.encode_all(records)
+    assert len(examples) == 200 and report.truncated == 0
+    for rec, ex in zip(records, examples, strict=True):
+        for completion, seq in zip((rec.chosen, rec.rejected), ex.sequences, strict=True):
+            assert tok.decode(seq.completion_ids).startswith(completion[0].content)
+            ids = seq.prompt_ids + seq.completion_ids
+            assert ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
+    _, report = Encoder(tok, EncodeConfig(max_length=256)).encode_all(records)
+    assert report.truncated > 0 and report.kept == 200 and report.longest > 256
