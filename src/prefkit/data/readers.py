@@ -444,7 +444,7 @@ def row_to_records(row: Mapping[str, Any], *, format: str = "auto", columns: Map
             fields[key] = value
         else:
             extras[col] = value
-    kind = _detect(fields, nulls) if format == "auto" else format
+    kind = _detect(fields, nulls, list(row)) if format == "auto" else format
     if kind == "ultrafeedback":
         src = fields.pop("source", None)
         if src is not None:
@@ -469,7 +469,7 @@ _LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _detect(fields: Mapping[str, Any], nulls: set[str]) -> str:
+def _detect(fields: Mapping[str, Any], nulls: set[str], found: list[str]) -> str:
     keys = set(fields)
     if "completions" in keys:
         return "ultrafeedback"
@@ -485,7 +485,7 @@ def _detect(fields: Mapping[str, Any], nulls: set[str]) -> str:
     best = max(_LAYOUTS, key=lambda k: len(present & set(_LAYOUTS[k])))
     missing = [c for c in _LAYOUTS[best] if c not in keys]
     if not present & set().union(*_LAYOUTS.values()):
-        raise DataError(f"can't tell the record type from columns {sorted(present)}; expected e.g. "
+        raise DataError(f"can't tell the record type from columns {sorted(found)}; expected e.g. "
                         "prompt/chosen/rejected (map yours with columns=)", reason="missing_column")
     return _missing(missing[0], nulls, best)
 
