@@ -25,7 +25,8 @@ LOSSES: dict[str, LossSpec] = {
         paper=Paper("Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
                     "2305.18290", "Eq. 7"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β (typ. 0.1–0.5)"),
-                "label_smoothing": Param(0.0, 0.0, 0.5, "label-flip rate ε; > 0 gives conservative DPO (cDPO)")},
+                "label_smoothing": Param(0.0, 0.0, 0.5,
+                                         "label-flip rate ε; > 0 gives conservative DPO (cDPO)")},
         summary="DPO: −log σ(β·margin of policy/reference log-ratios); label_smoothing > 0 gives cDPO"),
     "robust_dpo": LossSpec(
         fn=pairwise.robust_dpo, kind="pair", needs_reference=True,
@@ -146,11 +147,13 @@ LOSSES: dict[str, LossSpec] = {
         params={"beta": Param(0.1, 1e-6, None, "scale β"),
                 "label_smoothing": Param(0.0, 0.0, 0.5, "label smoothing ε"),
                 "variant": Param("paired", doc="'paired': sorted policy vs reference pair log-ratios; "
-                                 "'unpaired': sorted chosen vs rejected log-ratios", choices=("paired", "unpaired"))},
+                                 "'unpaired': sorted chosen vs rejected log-ratios",
+                                 choices=("paired", "unpaired"))},
         summary="AOT: logistic loss on batch-sorted (quantile-matched) log-ratios; stochastic dominance"),
     "simpo": LossSpec(
         fn=pairwise.simpo, kind="pair", needs_reference=False,
-        paper=Paper("SimPO: Simple Preference Optimization with a Reference-Free Reward", "2405.14734", "Eq. 6"),
+        paper=Paper("SimPO: Simple Preference Optimization with a Reference-Free Reward", "2405.14734",
+                    "Eq. 6"),
         params={"beta": Param(2.0, 1e-6, None, "reward scale β (typ. 2.0–2.5)"),
                 "gamma": Param(1.0, 0.0, None, "target reward margin γ (typ. 0.3–0.8·β)")},
         summary="SimPO: reference-free; length-normalised log-probs with target margin γ"),
@@ -159,7 +162,7 @@ LOSSES: dict[str, LossSpec] = {
         paper=Paper("Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
                     "Machine Translation", "2401.08417", "Sec. 3, L_prefer + L_NLL"),
         params={"beta": Param(0.1, 1e-6, None, "scale β"),
-                "alpha": Param(1.0, 0.0, None, "weight of the behaviour-cloning per-token NLL on the chosen")},
+                "alpha": Param(1.0, 0.0, None, "weight of the behaviour-cloning per-token NLL on y_w")},
         summary="CPO: reference-free DPO plus per-token NLL on the chosen response"),
     "orpo": LossSpec(
         fn=pairwise.orpo, kind="pair", needs_reference=False,

@@ -55,7 +55,8 @@ def _check(loss: str, name: str, value: float, low: float | None, high: float | 
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
-        raise ConfigError(f"loss {loss!r}: {name}={value!r} is outside {interval}; pick a value in that range")
+        raise ConfigError(f"loss {loss!r}: {name}={value!r} is outside {interval}; "
+                          "pick a value in that range")
 
 
 def _logratios(policy: PairLogps, reference: PairLogps) -> tuple[Tensor, Tensor]:
@@ -152,11 +153,14 @@ def dpo_soft(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor
              beta: float = 0.1) -> LossOutput:
     """Soft-label DPO: each pair's preference probability p ∈ [0, 1] replaces the hard label 1.
 
-    ``loss = −p·log σ(β·h) − (1 − p)·log σ(−β·h)``, p = ``strength`` (B,), the probability that the
-    "chosen" response is preferred (e.g. an annotator vote share or a reward model's σ(r_w − r_l)).
-    This is the soft-preference cross-entropy of OSP (Zhang et al. 2024, "Online Self-Preferring
-    Language Models", arXiv 2405.14103, Sec. 3) and the smoothed-label DPO of SmPO; p = 1 is DPO, a
-    constant p = 1 − ε is cDPO.
+    Formula::
+
+        loss = −p·log σ(β·h) − (1 − p)·log σ(−β·h),  p = strength
+
+    p = ``strength`` (B,) is the probability that the "chosen" response is preferred (e.g. an
+    annotator vote share or a reward model's σ(r_w − r_l)). This is the soft-preference cross-entropy
+    of OSP (Zhang et al. 2024, "Online Self-Preferring Language Models", arXiv 2405.14103, Sec. 3) and
+    the smoothed-label DPO of SmPO; p = 1 is DPO, a constant p = 1 − ε is cDPO.
 
     Shapes: (B,) everywhere, ``strength`` (B,) in [0, 1]. Rewards: β·logratio.
     Deviations: OSP obtains p from self-judged strengths; here p is whatever the data supplies.
@@ -175,7 +179,10 @@ def dpo_soft(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor
 def ln_dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 1.0) -> LossOutput:
     """Length-normalised DPO (LN-DPO): DPO on per-token log-ratios.
 
-    ``loss = −log σ(β·[logratio_w / |y_w| − logratio_l / |y_l|])``, |y| = completion token count.
+    Formula, with |y| the completion token count::
+
+        loss = −log σ(β·[logratio_w / |y_w| − logratio_l / |y_l|])
+
     Saeidi et al. 2024, "The Hitchhiker's Guide to Human Alignment with *PO", arXiv 2407.15229,
     Sec. 3 (LN-DPO); TRL's ``sigmoid_norm`` is the same idea.
 
@@ -319,7 +326,8 @@ def fdpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """
     _check("fdpo", "beta", beta, 0.0, None, low_open=True)
     if divergence not in FDPO_DIVERGENCES:
-        raise ConfigError(f"loss 'fdpo': divergence={divergence!r} is not one of {', '.join(FDPO_DIVERGENCES)}")
+        raise ConfigError(f"loss 'fdpo': divergence={divergence!r} is not one of "
+                          f"{', '.join(FDPO_DIVERGENCES)}")
     reference = _need_reference(reference, "fdpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
 
@@ -458,16 +466,17 @@ def bco_pair(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
 def sppo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) -> LossOutput:
     """Self-Play Preference Optimization (SPPO) with hard labels.
 
+    Formula, with η = 1/β::
+
+        loss = (logratio_w − 1/(2β))² + (logratio_l + 1/(2β))²
+
     Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment",
     arXiv 2405.00675, Sec. 3 (SPPO objective)::
 
         loss_y = (log π(y|x)/π_t(y|x) − η·(P̂(y ≻ π_t | x) − ½))²
 
-    With hard labels P̂(y_w) = 1, P̂(y_l) = 0 and η = 1/β::
-
-        loss = (logratio_w − 1/(2β))² + (logratio_l + 1/(2β))²
-
-    The reference is the previous iterate π_t. Shapes: (B,) everywhere. Rewards: β·logratio.
+    with hard labels P̂(y_w) = 1, P̂(y_l) = 0 gives the formula above. The reference is the previous
+    iterate π_t. Shapes: (B,) everywhere. Rewards: β·logratio.
     Deviations: the paper estimates P̂ with a preference model against samples of π_t; the hard-label
     form (TRL's ``sppo_hard``) replaces it by the pair's label.
     """
