@@ -316,3 +316,44 @@ def test_real_hh_pairs_encode_with_exact_masks() -> None:
             assert ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
     _, report = Encoder(tok, EncodeConfig(max_length=256)).encode_all(records)
     assert report.truncated > 0 and report.kept == 200 and report.longest > 256
+
+
+def test_batches_feed_the_logprob_engine() -> None:
+    """Encoder output → sequence_logps: the summed completion log-probs equal a hand computation
+    from the model's logits (token t scored from position t-1), and the packed layout agrees."""
+    from prefkit.models.logprobs import sequence_logps
+    from prefkit.models.packing import pack_batch, packed_sequence_logps
+    from prefkit.testing import tiny_llama
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    enc = Encoder(tok)
+    examples, _ = enc.encode_all(tiny_chat_pairs(2))
+    batch = enc.collate(examples)
+    packed = enc.collate(examples, layout="packed")
+    assert torch.equal(pack_batch(batch).input_ids, packed.input_ids)
+    assert torch.equal(pack_batch(batch).position_ids, packed.position_ids)
+    with torch.no_grad():
+        got = sequence_logps(model, batch).logps  # (N,)
+        got_packed = packed_sequence_logps(model, packed).logps  # (N,)
+        for n, seq in enumerate(ex.sequences[g] for g in range(2) for ex in examples):
+            ids = torch.tensor([seq.prompt_ids + seq.completion_ids])
+            logp = model(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]  # (T-1,)
+            want = logp[len(seq.prompt_ids) - 1:].sum()
+            torch.testing.assert_close(got[n], want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got_packed, got, atol=1e-4, rtol=1e-5)
+
+
+def test_template_errors_are_one_line_data_errors() -> None:
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+              "{{ raise_exception('System role not supported') }}{% endif %}"
+              "<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    enc = Encoder(tiny_tokenizer(chat_template=strict))
+    records = tiny_chat_pairs(2, system=True)
+    with pytest.raises(DataError, match="example 'chat-0': the chat template refused .*System role") as info:
+        enc.encode_all(records)
+    assert "\n" not in str(info.value)
+    anonymous = Pair(prompt=records[0].prompt, chosen=records[0].chosen, rejected=records[0].rejected)
+    with pytest.raises(DataError, match="^record 1: the chat template refused"):
+        enc.encode_all([*tiny_chat_pairs(1), anonymous])

@@ -258,17 +258,25 @@ class Encoder:
     def _tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
+    def _apply_template(self, messages: tuple[Message, ...], *, add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                _as_dicts(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+        except Exception as err:  # jinja2 raise_exception(...) and friends: report as a data error
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise DataError(f"the chat template refused this conversation ({first}); check the roles and "
+                            "their order, or use a template that accepts them", reason="template") from err
+
     def _render_chat(self, prompt: tuple[Message, ...],
                      completions: Sequence[tuple[Message, ...]]) -> tuple[str, list[str]]:
         """(prompt text, completion texts) from the chat template (see module docstring)."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ConfigError("chat records need a tokenizer with a chat template; set "
                               "tokenizer.chat_template or convert the records to text")
-        prompt_text = self.tokenizer.apply_chat_template(
-            _as_dicts(prompt), add_generation_prompt=True, tokenize=False)
+        prompt_text = self._apply_template(prompt, add_generation_prompt=True)
         out = []
         for completion in completions:
-            full_text = self.tokenizer.apply_chat_template(_as_dicts(prompt + completion), tokenize=False)
+            full_text = self._apply_template(prompt + completion, add_generation_prompt=False)
             if not full_text.startswith(prompt_text):
                 i = next((j for j, (a, b) in enumerate(zip(prompt_text, full_text, strict=False)) if a != b),
                          min(len(prompt_text), len(full_text)))
@@ -301,7 +309,12 @@ class Encoder:
         """Untruncated (prompt ids, completion ids per sequence in group order)."""
         completions = _completions(record)
         if isinstance(record.prompt, tuple):
-            prompt_text, texts = self._render_chat(record.prompt, completions)  # type: ignore[arg-type]
+            try:
+                prompt_text, texts = self._render_chat(record.prompt, completions)  # type: ignore[arg-type]
+            except DataError as err:
+                if record.id is None:
+                    raise
+                raise DataError(f"example {record.id!r}: {err.message}", reason=err.reason) from err
             return self._prompt_ids(prompt_text), [self._completion_ids(c, True) for c in texts]
         texts = [str(c) for c in completions]
         return self._prompt_ids(record.prompt), [self._completion_ids(c, False) for c in texts]
@@ -315,7 +328,16 @@ class Encoder:
     def encode_all(self, records: Iterable[Record]) -> tuple[list[EncodedExample], TruncationReport]:
         """Encode many records; returns the kept examples (input order) and this call's report."""
         report = TruncationReport()
-        out = [ex for r in records if (ex := self._encode(r, report)) is not None]
+        out = []
+        for i, record in enumerate(records):
+            try:
+                ex = self._encode(record, report)
+            except DataError as err:
+                if record.id is not None:
+                    raise
+                raise DataError(f"record {i}: {err.message}", reason=err.reason) from err
+            if ex is not None:
+                out.append(ex)
         self.report.add(report)
         return out, report
 
@@ -339,7 +361,7 @@ class Encoder:
             reason = "empty_completion"
         if reason is not None and (cfg.truncation != "keep_end" or reason == "empty_completion"):
             if cfg.truncation == "raise":
-                name = f"example {record.id!r}" if record.id else "an example"
+                name = f"example {record.id!r}" if record.id else "the example"
                 total = len(prompt) + max(len(c) for c in completions)
                 raise DataError(
                     f"{name} is {DROP_REASONS[reason]} ({len(prompt)} prompt tokens, {total} in all; "
