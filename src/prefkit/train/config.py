@@ -1,0 +1,469 @@
+"""Run configuration: dataclasses with one docstring per field, read from YAML plus ``key=value`` overrides.
+
+A run config has sections (``model``, ``lora``, ``reference``, ``data``, ``encode``, ``loss``,
+``train``, ``output``); each is a dataclass below whose attribute docstrings are the only help text
+(``prefkit train --help-config`` and ``docs/training.md`` read them). On the command line, dotted
+keys address nested fields: ``train.lr=1e-5 loss.beta=0.2``. Values are parsed as YAML scalars.
+
+Rules:
+- unknown keys are errors naming the nearest valid key;
+- the ``loss`` section holds ``name`` and the loss's own parameters (``loss.beta``), validated against
+  the registry (``prefkit.losses``) by :func:`load_config`, before any model loads;
+- cross-field rules live in ``__post_init__`` and name the offending keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from prefkit.data.encode import EncodeConfig
+from prefkit.errors import ConfigError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    path: str = ""
+    """Local Hugging Face model directory, or a ``.gguf`` file (needs the ``gguf`` package). Never a hub id."""
+    tokenizer: str | None = None
+    """Tokenizer directory; defaults to ``model.path`` (for a ``.gguf`` file, the tokenizer inside it)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded in; compute precision is ``train.mixed_precision``."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, ~30% more compute)."""
+    chunk_size: int = 1024
+    """Scored tokens per output-layer chunk in the log-prob engine (memory ~ chunk_size x vocab x 8 B)."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ConfigError(f"model.chunk_size must be >= 1; got {self.chunk_size}")
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA adapter on the policy (peft)."""
+
+    r: int = 0
+    """LoRA rank; 0 trains all weights (no adapter)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input (0 keeps training deterministic)."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the linear modules that get adapters."""
+    adapter: str | None = None
+    """Existing adapter directory to start from (trained further), instead of a fresh one."""
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise ConfigError(f"lora.r must be >= 0 (0 disables LoRA); got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
+class ReferenceConfig:
+    """Where reference log-probs come from (only for losses that need a reference)."""
+
+    mode: Literal["auto", "frozen", "adapters_off", "precomputed"] = "auto"
+    """``frozen``: a second, frozen copy of the model; ``adapters_off``: the policy with its LoRA adapters
+    disabled (no second copy; needs ``lora.r > 0``); ``precomputed``: log-probs computed once and cached
+    on disk (see ``reference.cache_dir``); ``auto``: ``adapters_off`` with LoRA, else ``frozen``."""
+    path: str | None = None
+    """Reference model directory or ``.gguf`` file; defaults to ``model.path``."""
+    cache_dir: str = "~/.cache/prefkit/reference"
+    """Directory of the precomputed reference log-prob cache (keyed by a fingerprint of weights,
+    tokenizer, data and encoding settings)."""
+    batch_size: int = 8
+    """Examples per forward pass when precomputing reference log-probs."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"reference.batch_size must be >= 1; got {self.batch_size}")
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation data (read with ``prefkit.data.load``)."""
+
+    train: str = ""
+    """Training data file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, optionally ``.gz``)."""
+    eval: str | None = None
+    """Evaluation data file; without it, ``data.eval_fraction`` of ``data.train`` is held out."""
+    format: str = "auto"
+    """Input format for ``prefkit.data.load`` (``auto`` detects it)."""
+    eval_fraction: float = 0.0
+    """Fraction of the training records held out for evaluation when ``data.eval`` is unset."""
+    limit: int | None = None
+    """Use only the first ``limit`` training records."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in [0, 1); got {self.eval_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"data.limit must be >= 1; got {self.limit}")
+
+
+@dataclass
+class LossConfig:
+    """The loss: a registry name plus its parameters (``loss.beta=0.2``); see ``prefkit losses``."""
+
+    name: str = "dpo"
+    """Registry name of the loss (``prefkit losses`` lists them)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The loss's keyword parameters; written flat in the section (``loss: {name: dpo, beta: 0.2}``)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the loop."""
+
+    seed: int = 0
+    """Seed for data order, adapter init and dropout."""
+    batch_size: int = 8
+    """Examples per process per micro-step (a pair counts once)."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step; the global batch is batch_size x grad_accum x processes."""
+    max_steps: int = 0
+    """Optimizer steps; 0 runs ``train.epochs`` epochs."""
+    epochs: float = 1.0
+    """Passes over the training data when ``train.max_steps`` is 0."""
+    lr: float = 5e-6
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warmup (to 0 at the last step; ``constant`` keeps the peak)."""
+    warmup_steps: int = 0
+    """Linear warmup steps (exclusive with ``train.warmup_ratio``)."""
+    warmup_ratio: float = 0.0
+    """Linear warmup as a fraction of all steps (exclusive with ``train.warmup_steps``)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision (accelerate); weights stay in ``model.dtype``."""
+    eval_every: int = 0
+    """Evaluate every N optimizer steps (and at the end); 0 evaluates only at the end."""
+    eval_batches: int = 0
+    """Evaluation batches per evaluation; 0 uses all evaluation data."""
+    log_every: int = 1
+    """Write a metrics line every N optimizer steps."""
+    save_every: int = 0
+    """Write a checkpoint every N optimizer steps; 0 writes none (the final model is always saved)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    progress: bool = True
+    """Show a rich progress bar (loss, accuracy, tokens/s)."""
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grad_accum", "log_every", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}")
+        for key in ("max_steps", "warmup_steps", "eval_every", "eval_batches", "save_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0; got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0; got {self.lr}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError("train.epochs must be > 0 when train.max_steps is 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ConfigError("set only one of train.warmup_steps and train.warmup_ratio")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"train.max_grad_norm must be >= 0; got {self.max_grad_norm}")
+
+
+@dataclass
+class OutputConfig:
+    """The run directory and what goes in it."""
+
+    dir: str = "runs/prefkit"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, plots, final model."""
+    overwrite: bool = False
+    """Allow writing into a run directory that already holds a run (without ``--resume``)."""
+    tensorboard: bool = True
+    """Write TensorBoard events (when ``tensorboard`` is installed)."""
+    plots: bool = True
+    """Write PNG plots of the main curves at the end."""
+    save_model: bool = True
+    """Save the final model (and adapter) with ``save_pretrained`` in ``<dir>/model``."""
+
+
+@dataclass
+class RunConfig:
+    """A whole training job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Optional LoRA adapter."""
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """Reference model / cache."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training and evaluation data."""
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    """Tokenisation and truncation (``prefkit.data.encode.EncodeConfig``)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss name and parameters."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and the loop."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Outputs."""
+
+    def __post_init__(self) -> None:
+        if self.reference.mode == "adapters_off" and self.lora.r == 0:
+            raise ConfigError("reference.mode=adapters_off needs a LoRA adapter (set lora.r > 0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute docstrings, dict <-> dataclass, overrides.
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` from the attribute docstrings in ``cls``'s source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class (sections expanded)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += all_keys(tp, f"{prefix}{f.name}.")
+        elif not (cls is LossConfig and f.name == "params"):
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    keys = all_keys()
+    hint = did_you_mean(key, keys)
+    if not hint:  # same leaf name in another section ('lr' -> 'train.lr')
+        leaf = key.rsplit(".", 1)[-1]
+        same = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+        hint = f" (did you mean {same[0]!r}?)" if same else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and lightly converted to) the annotation ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}{did_you_mean(str(value), args)}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads '1e-5' as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise bad
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, key) for v in value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise bad
+        return from_dict(tp, value, key + ".")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a (nested) mapping; unknown keys raise ``ConfigError``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    if cls is LossConfig:  # flat section: name + the loss's parameters
+        params = dict(data.get("params") or {})
+        params.update({k: v for k, v in data.items() if k not in ("name", "params")})
+        if "name" in data:
+            kwargs["name"] = _coerce(data["name"], str, prefix + "name")
+        return LossConfig(**kwargs, params=params)
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(prefix + str(key))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists, the loss section flat), ready for YAML."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, LossConfig):
+            out[f.name] = {"name": value.name, **value.params}
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=1e-5", "loss.beta=0.2"]`` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad override {pair!r}; write key=value, e.g. train.lr=1e-5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``over`` wins."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (ConfigError if missing or not a mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def check_loss(cfg: RunConfig) -> None:
+    """Validate the loss name and parameters against the registry (fills in defaults)."""
+    from prefkit.losses.registry import get_loss, validate_loss_params
+
+    spec = get_loss(cfg.loss.name)
+    cfg.loss.params = dict(validate_loss_params(cfg.loss.name, cfg.loss.params))
+    if cfg.reference.mode == "precomputed" and spec.needs_reference and "token_logps" in spec.needs:
+        raise ConfigError(f"loss {cfg.loss.name!r} needs per-token reference log-probs, which the cache "
+                          "does not hold; use reference.mode=frozen or adapters_off")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults <- ``base`` <- YAML file <- ``key=value`` overrides, validated (loss included)."""
+    data = dict(base or {})
+    if path is not None:
+        data = merge(data, read_yaml(path))
+    data = merge(data, parse_overrides(overrides))
+    cfg = from_dict(RunConfig, data)
+    check_loss(cfg)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+__all__ = ["RunConfig", "ModelConfig", "LoraConfig", "ReferenceConfig", "DataConfig", "LossConfig",
+           "TrainConfig", "OutputConfig", "EncodeConfig", "load_config", "from_dict", "to_dict",
+           "dump_config", "parse_overrides", "field_docs", "all_keys", "check_loss"]

@@ -1,0 +1,531 @@
+"""The one training loop: every registry loss, one readable ``train()`` on ``accelerate``.
+
+Quick start (in memory)::
+
+    from prefkit.train import Trainer, load_config
+    cfg = load_config(overrides=["loss.name=dpo", "train.max_steps=10", "output.dir=runs/x"])
+    trainer = Trainer(cfg, model, tokenizer, train_records, eval_records)
+    summary = trainer.train()           # writes runs/x/{config.yaml,metrics.jsonl,checkpoints,model,plots}
+
+From a config file: ``prefkit.train.run(load_config("job.yaml"))`` (what ``prefkit train`` does).
+
+The pluggable step is the *objective*: ``objective(model, batch, reference) -> StepOutput`` turns a
+batch into per-example losses (B,) and detached metrics. :class:`PreferenceObjective` (pair, list and
+unpaired losses) computes sequence log-probs with the engine and calls the registry loss; a reward
+model passes its own objective (scores instead of log-probs) and gets the same loop, logging and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from prefkit.data.batch import Batch
+from prefkit.data.encode import EncodedExample, EncodedSequence, Encoder, collate
+from prefkit.data.records import Record
+from prefkit.errors import ConfigError, PrefkitError
+from prefkit.losses.registry import get_loss
+from prefkit.losses.types import LossSpec
+from prefkit.models.load import frozen_copy, is_peft
+from prefkit.models.logprobs import (
+    SequenceLogps,
+    list_logps,
+    pair_logps,
+    sequence_logps,
+    unpaired_logps,
+)
+from prefkit.train import checkpoint as ckpt
+from prefkit.train.config import RunConfig, dump_config
+from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar
+from prefkit.train.refcache import (
+    CachedReference,
+    ModelReference,
+    ReferenceCache,
+    ReferenceSource,
+    compute_table,
+    hash_records,
+    hash_settings,
+    hash_tokenizer,
+    hash_weights,
+)
+
+# -- the pluggable step ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns for one batch of B examples.
+
+    losses: (B,) per-example losses, differentiable; the loop weights, sums and normalises them.
+    metrics: detached per-example values (B,) (NaN where a metric does not apply to an example) or
+        scalars; the loop averages them over the examples of a logging step.
+    """
+
+    losses: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """How a batch becomes per-example losses: the one pluggable step of the loop."""
+
+    needs_reference: bool
+    """Whether ``__call__`` wants reference log-probs (the loop then provides them)."""
+    token_logps: bool
+    """Whether the reference must provide per-token log-probs too."""
+
+    def prepare(self, examples: list[EncodedExample], seed: int) -> list[EncodedExample]:
+        """Once, before training: derive extra sequences (e.g. KTO's mismatched pairs)."""
+        ...
+
+    def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput: ...
+
+
+_INPUTS = {"strength": "strength", "labels": "labels", "scores": "scores", "ties": "ties"}
+
+
+@dataclass
+class PreferenceObjective:
+    """Policy losses (kinds pair, list, unpaired): engine log-probs -> registry loss.
+
+    Unpaired losses that use a reference get KTO's KL reference point: each example gets a second
+    sequence, its prompt with the completion of another example (a fixed, seeded derangement of the
+    dataset), so rows [B:2B) of a batch are mismatched pairs, scored in the same forward pass.
+    """
+
+    name: str
+    spec: LossSpec
+    params: dict[str, Any]
+    chunk_size: int = 1024
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.spec.needs_reference
+
+    @property
+    def token_logps(self) -> bool:
+        return "token_logps" in self.spec.needs
+
+    @property
+    def kl_pairs(self) -> bool:
+        return self.spec.kind == "unpaired" and self.spec.needs_reference
+
+    def prepare(self, examples: list[EncodedExample], seed: int) -> list[EncodedExample]:
+        if not self.kl_pairs or len(examples) < 2:
+            return examples
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        partner = {order[j]: order[(j + 1) % len(order)] for j in range(len(order))}  # a derangement
+        out = []
+        for i, ex in enumerate(examples):
+            own, other = ex.sequences[0], examples[partner[i]].sequences[0]
+            kl = EncodedSequence(own.prompt_ids, other.completion_ids)
+            out.append(EncodedExample(**{**ex.__dict__, "sequences": [own, kl]}))
+        return out
+
+    def _inputs(self, seq: SequenceLogps, batch: Batch) -> Any:
+        if self.spec.kind == "pair":
+            return pair_logps(seq, batch)
+        if self.spec.kind == "list":
+            return list_logps(seq, batch)
+        return unpaired_logps(seq, batch, with_kl=batch.group_size == 2)
+
+    def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput:
+        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=self.token_logps)
+        policy = self._inputs(seq, batch)
+        ref = self._inputs(reference, batch) if reference is not None and self.needs_reference else None
+        inputs = {k: getattr(batch, _INPUTS[k]) for k in self.spec.needs if k in _INPUTS}
+        out = self.spec.fn(policy, ref, **inputs, **self.params)
+        return StepOutput(out.losses, preference_metrics(self.spec.kind, out, policy, batch))
+
+
+def preference_metrics(kind: str, out: Any, policy: Any, batch: Batch) -> dict[str, Tensor]:
+    """TRL-style metrics (B,) per example: rewards/{chosen,rejected,margins,accuracies}, logps/*."""
+    m: dict[str, Tensor] = {}
+    if kind == "pair":
+        m["logps/chosen"], m["logps/rejected"] = policy.chosen_logps, policy.rejected_logps
+    elif kind == "list":
+        m["logps/chosen"], m["logps/rejected"] = policy.logps[:, 0], policy.logps[:, 1:].mean(1)
+    else:  # unpaired: "chosen" = desirable examples, "rejected" = undesirable ones
+        good = batch.labels.bool()
+        nan = torch.full_like(policy.logps, math.nan)
+        m["logps/chosen"] = torch.where(good, policy.logps, nan)
+        m["logps/rejected"] = torch.where(good, nan, policy.logps)
+        if out.rewards is not None:
+            m["rewards/chosen"] = torch.where(good, out.rewards, nan)
+            m["rewards/rejected"] = torch.where(good, nan, out.rewards)
+    if kind == "list" and out.chosen_rewards is None and out.rewards is not None:
+        out_c, out_r = out.rewards[:, 0], out.rewards[:, 1:].mean(1)
+    else:
+        out_c, out_r = out.chosen_rewards, out.rejected_rewards
+    if out_c is not None and out_r is not None:
+        m["rewards/chosen"], m["rewards/rejected"] = out_c, out_r
+        m["rewards/margins"] = out_c - out_r
+        m["rewards/accuracies"] = (out_c > out_r).float()
+    m.update(out.metrics)
+    return {k: v.detach().float() for k, v in m.items()}
+
+
+def make_objective(config: RunConfig) -> Objective:
+    """The objective for ``config.loss``: :class:`PreferenceObjective` for policy losses."""
+    spec = get_loss(config.loss.name)
+    if spec.kind.startswith("reward_"):
+        raise ConfigError(f"loss {config.loss.name!r} trains a reward model; pass its objective to "
+                          "Trainer(objective=...) (see prefkit rm)")
+    return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), config.model.chunk_size)
+
+
+# -- data order --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataOrder:
+    """Seeded shuffled order over ``n`` examples, one ``batch_size`` slice per process.
+
+    Epoch e uses ``randperm(n)`` seeded with ``seed + e``; each global micro-batch of
+    ``batch_size x world`` consecutive indices is split by rank; the incomplete tail is dropped.
+    ``(epoch, batch)`` is the whole state, saved in checkpoints for an exact resume.
+    """
+
+    n: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+    epoch: int = 0
+    batch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batches_per_epoch < 1:
+            raise ConfigError(f"{self.n} training examples are fewer than one global batch "
+                              f"({self.batch_size} x {self.world} processes); lower train.batch_size")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def next(self) -> Tensor:
+        """This process's indices (batch_size,) of the next micro-batch."""
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        start = (self.batch * self.world + self.rank) * self.batch_size
+        self.batch += 1
+        return perm[start:start + self.batch_size]
+
+
+# -- the trainer --------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains a policy (or, with a custom objective, a reward model) on preference records.
+
+    Supports: every registry loss of kind pair / list (k responses) / unpaired (KTO KL pairs built per
+    example); reference as a frozen copy, the policy with adapters off, or cached log-probs; LoRA;
+    mixed precision, gradient accumulation (losses normalised by the examples of the whole optimizer
+    step, across micro-batches and processes), gradient clipping, AdamW, warmup + cosine/linear decay,
+    gradient checkpointing, periodic evaluation; multi-process data parallel (``accelerate launch``);
+    atomic checkpoints and exact resume (model, optimizer, scheduler, RNG, data position).
+
+    Assumptions: the model is a causal LM (``*ForCausalLM``, optionally PEFT-wrapped); every example of
+    a dataset has the same group size (rankings: the same k); gradients are all-reduced explicitly after
+    the micro-steps (no DDP wrapper), so multi-process training is data parallel with full replicas.
+    """
+
+    def __init__(self, config: RunConfig, model: nn.Module, tokenizer: Any,
+                 train_data: Sequence[Record], eval_data: Sequence[Record] | None = None, *,
+                 objective: Objective | None = None, reference: ReferenceSource | None = None,
+                 reference_model: Callable[[], nn.Module] | None = None,
+                 reference_weights: str | Path | None = None, accelerator: Any = None):
+        """
+        Args:
+            config: the run config (``load_config``); ``loss`` picks the objective when none is given.
+            model: the policy (LoRA already applied when wanted); moved to the accelerator's device.
+            tokenizer: its tokenizer; records are encoded with ``config.encode``.
+            train_data, eval_data: preference records (``prefkit.data``).
+            objective: the pluggable step (default :func:`make_objective`).
+            reference: a ready reference source (overrides ``config.reference.mode``).
+            reference_model: builds the frozen reference model when needed (default: a frozen copy of
+                ``model`` taken now, before training); called lazily, so a cache hit builds nothing.
+            reference_weights: path of the reference weights for the cache fingerprint (default: hash
+                the in-memory reference weights).
+            accelerator: an ``accelerate.Accelerator`` (default: one built from ``config.train``).
+        """
+        from accelerate import Accelerator
+
+        self.config, self.tokenizer = config, tokenizer
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision)
+        self.device = self.accelerator.device
+        self.run_dir = Path(config.output.dir)
+        self.objective = objective or make_objective(config)
+        self.encoder = Encoder(tokenizer, config.encode)
+        self.records = {"train": list(train_data), "eval": list(eval_data or [])}
+        self.examples = {split: self.objective.prepare(self.encoder.encode_all(recs)[0], config.train.seed)
+                         for split, recs in self.records.items()}
+        if not self.examples["train"]:
+            raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
+        self.model = model.to(self.device)
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if is_peft(model):
+                model.enable_input_require_grads()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        tc = config.train
+        self.order = DataOrder(len(self.examples["train"]), tc.batch_size, tc.seed,
+                               self.accelerator.process_index, self.accelerator.num_processes)
+        self.total_steps = tc.max_steps or max(1, int(tc.epochs * self.order.batches_per_epoch) // tc.grad_accum)
+        optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                                      weight_decay=tc.weight_decay)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        from transformers import get_scheduler
+
+        warmup = tc.warmup_steps or math.ceil(tc.warmup_ratio * self.total_steps)
+        self.scheduler = get_scheduler("constant_with_warmup" if tc.scheduler == "constant" else tc.scheduler,
+                                       optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+        self._reference_model: nn.Module | Callable[[], nn.Module] | None = reference_model
+        self._reference_weights = reference_weights
+        self.reference = {"train": reference, "eval": reference}
+        if reference is None and self.objective.needs_reference:
+            self.reference = {split: self._build_reference(split) for split in ("train", "eval")}
+        self.step = 0
+
+    # -- reference ------------------------------------------------------------------------------------
+
+    def _build_reference(self, split: str) -> ReferenceSource | None:
+        cfg = self.config
+        mode = cfg.reference.mode
+        if mode == "auto":
+            mode = "adapters_off" if is_peft(self.model) else "frozen"
+        token = self.objective.token_logps
+        if mode == "adapters_off":
+            if not is_peft(self.model):
+                raise ConfigError("reference.mode=adapters_off needs a LoRA policy (set lora.r > 0)")
+            return ModelReference(self.model, adapters_off=True, chunk_size=cfg.model.chunk_size, token_logps=token)
+        if mode == "frozen":
+            return ModelReference(self._get_reference_model(), chunk_size=cfg.model.chunk_size, token_logps=token)
+        if not self.examples[split]:
+            return None
+        return CachedReference(self._cached_table(split))
+
+    def _get_reference_model(self) -> nn.Module:
+        """The frozen reference model, built on first use (default: a frozen copy of the policy now)."""
+        if self._reference_model is None:
+            self._reference_model = frozen_copy(self.model)
+        elif not isinstance(self._reference_model, nn.Module):
+            self._reference_model = self._reference_model().to(self.device)
+        return self._reference_model
+
+    def fingerprint(self, split: str) -> dict[str, str]:
+        """The four cache-key parts for ``split``'s reference log-probs."""
+        cfg = self.config
+        precision = (cfg.model.dtype, cfg.train.mixed_precision)
+        if self._reference_weights is not None:
+            weights = hash_weights(self._reference_weights, precision)
+        elif self._reference_model is None:  # the reference is the policy as it is now (LoRA left out)
+            weights = hash_weights(self.model, precision)
+        else:
+            weights = hash_weights(self._get_reference_model(), precision)
+        kl = getattr(self.objective, "kl_pairs", False)
+        return {"weights": weights, "tokenizer": hash_tokenizer(self.tokenizer),
+                "data": hash_records(self.records[split], ("kl_pairs", kl, cfg.train.seed if kl else None)),
+                "encoding": hash_settings(cfg.encode)}
+
+    def _cached_table(self, split: str) -> Tensor:
+        cfg, acc = self.config, self.accelerator
+        cache, parts = ReferenceCache(cfg.reference.cache_dir), self.fingerprint(split)
+        table = cache.load(parts)
+        if table is not None and table.shape[0] == len(self.examples[split]):
+            self._say(f"reference log-probs ({split}): cache hit {cache.path(parts).name}")
+            return table
+        self._say(f"reference log-probs ({split}): {cache.explain_miss(parts)}; computing")
+        if acc.is_main_process:
+            source = ModelReference(self._get_reference_model(), chunk_size=cfg.model.chunk_size)
+            table = compute_table(source, self.examples[split], self.encoder.pad_id,
+                                  batch_size=cfg.reference.batch_size, device=self.device, autocast=acc.autocast)
+            cache.store(parts, table)
+        acc.wait_for_everyone()
+        return cache.load(parts)
+
+    def _say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]prefkit:[/dim] {message}", highlight=False)
+
+    # -- one batch ------------------------------------------------------------------------------------------
+
+    def _forward(self, split: str, indices: Tensor) -> tuple[StepOutput, Batch]:
+        batch = collate([self.examples[split][i] for i in indices.tolist()], self.encoder.pad_id).to(self.device)
+        with self.accelerator.autocast():
+            ref_source = self.reference[split]
+            ref = ref_source(batch, indices) if self.objective.needs_reference and ref_source else None
+            return self.objective(self.model, batch, ref), batch
+
+    def _all_reduce_grads(self) -> None:
+        """Sum gradients over processes (each micro-loss is already divided by the global count)."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        for p, g in zip(self.params, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+            p.grad = g
+
+    def _reduce(self, sums: dict[str, list[float]]) -> dict[str, float]:
+        """Per-key (sum, count) over processes -> means."""
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device).reshape(-1, 2)
+        if self.accelerator.num_processes > 1:
+            t = self.accelerator.reduce(t, reduction="sum")
+        return {k: (float(s / c) if c else math.nan) for k, (s, c) in zip(keys, t.tolist(), strict=True)}
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def train(self, resume: bool | str | Path = False) -> dict[str, float]:
+        """Run (or resume) training; returns the last logged metrics (plus final ``eval/*``)."""
+        cfg, tc, acc = self.config, self.config.train, self.accelerator
+        start = self._resume(resume) if resume else 0
+        writer = MetricsWriter(self.run_dir, tensorboard=cfg.output.tensorboard) if acc.is_main_process else None
+        if writer is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            writer.truncate_after(start)
+        self.model.train()
+        last: dict[str, float] = {}
+        sums: dict[str, list[float]] = {}
+        tokens, t_log = 0, time.perf_counter()
+        bar = progress_bar(self.total_steps, tc.progress and acc.is_main_process)
+        task = bar.add_task("train", total=self.total_steps, completed=start, loss=math.nan, acc=math.nan, tps=0.0)
+        with bar:
+            for step in range(start + 1, self.total_steps + 1):
+                micro = [self.order.next() for _ in range(tc.grad_accum)]
+                n_global = sum(len(ix) for ix in micro) * acc.num_processes
+                for indices in micro:
+                    out, batch = self._forward("train", indices)
+                    weight = batch.weight.to(out.losses) if batch.weight is not None else 1.0
+                    loss = (out.losses * weight).sum() / n_global  # this micro-batch's share of the step mean
+                    acc.backward(loss)
+                    tokens += batch.num_tokens()
+                    _add(sums, "loss", loss.detach() * n_global, len(indices))
+                    for key, value in out.metrics.items():
+                        _add_metric(sums, key, value, len(indices))
+                self._all_reduce_grads()
+                max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
+                grad_norm = acc.clip_grad_norm_(self.params, max_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step = step
+                if step % tc.log_every == 0 or step == self.total_steps:
+                    elapsed = time.perf_counter() - t_log
+                    tok = self._reduce({"t": [float(tokens), 1.0]})["t"] * acc.num_processes
+                    last = {"step": step, "epoch": self.order.epoch + self.order.batch / self.order.batches_per_epoch,
+                            **self._reduce(sums), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                            "tokens/s": tok / max(elapsed, 1e-9)}
+                    if not math.isfinite(last["loss"]):
+                        raise PrefkitError(f"loss became {last['loss']} at step {step}; lower train.lr or check "
+                                           "the data (empty completions?)")
+                    if writer is not None:
+                        writer.write(last)
+                    bar.update(task, completed=step, loss=last["loss"],
+                               acc=last.get("rewards/accuracies", math.nan), tps=last["tokens/s"])
+                    sums, tokens, t_log = {}, 0, time.perf_counter()
+                else:
+                    bar.update(task, completed=step)
+                if tc.eval_every and step % tc.eval_every == 0 and step != self.total_steps:
+                    self._log_eval(writer, step)
+                if tc.save_every and step % tc.save_every == 0:
+                    self.save_checkpoint()
+        last.update(self._log_eval(writer, self.total_steps))
+        if acc.is_main_process:
+            if cfg.output.save_model:
+                self.save_model(self.run_dir / "model")
+            if cfg.output.plots:
+                plot_metrics(self.run_dir)
+        if writer is not None:
+            writer.close()
+        acc.wait_for_everyone()
+        return last
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and metrics over the evaluation data (``eval/`` keys); {} without eval data."""
+        examples = self.examples["eval"]
+        if not examples:
+            return {}
+        bs, acc = self.config.train.batch_size, self.accelerator
+        starts = list(range(0, len(examples), bs))[acc.process_index::acc.num_processes]
+        if self.config.train.eval_batches:
+            starts = starts[:self.config.train.eval_batches]
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, list[float]] = {}
+        with torch.no_grad():
+            for s in starts:
+                out, batch = self._forward("eval", torch.arange(s, min(s + bs, len(examples))))
+                weight = batch.weight.to(out.losses) if batch.weight is not None else torch.ones_like(out.losses)
+                _add(sums, "loss", (out.losses * weight).sum(), len(out.losses))
+                for key, value in out.metrics.items():
+                    _add_metric(sums, key, value, len(out.losses))
+        self.model.train(was_training)
+        return {f"eval/{k}": v for k, v in self._reduce(sums).items()}
+
+    def _log_eval(self, writer: MetricsWriter | None, step: int) -> dict[str, float]:
+        result = self.evaluate()
+        if result and writer is not None:
+            writer.write({"step": step, **result})
+        return result
+
+    # -- checkpoints and outputs --------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``<run>/checkpoints/step-N`` atomically (keeps ``train.keep_last``)."""
+        state = {"epoch": self.order.epoch, "batch": self.order.batch}
+        return ckpt.save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last,
+                                    accelerator=self.accelerator)
+
+    def _resume(self, resume: bool | str | Path) -> int:
+        path = ckpt.latest_checkpoint(self.run_dir) if resume is True else Path(resume)
+        if path is None:
+            raise PrefkitError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(self.run_dir)}; "
+                               "start without --resume")
+        state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                     accelerator=self.accelerator)
+        self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self._say(f"resumed from {path} (step {self.step})")
+        return self.step
+
+    def save_model(self, path: str | Path) -> None:
+        """``save_pretrained`` (safetensors) of the model (PEFT: the adapter) and the tokenizer."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(str(path), safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+
+
+def _add(sums: dict[str, list[float]], key: str, total: Tensor | float, count: int) -> None:
+    entry = sums.setdefault(key, [0.0, 0.0])
+    entry[0] += float(total)
+    entry[1] += count
+
+
+def _add_metric(sums: dict[str, list[float]], key: str, value: Tensor, batch_size: int) -> None:
+    """Accumulate a (B,) metric ignoring NaN entries, or a scalar counted once per example."""
+    value = value.detach().float()
+    if value.dim() == 0:
+        _add(sums, key, value * batch_size, batch_size)
+    else:
+        ok = ~torch.isnan(value)
+        _add(sums, key, value[ok].sum(), int(ok.sum()))
+
+
+__all__ = ["Trainer", "Objective", "StepOutput", "PreferenceObjective", "DataOrder", "make_objective",
+           "preference_metrics"]
