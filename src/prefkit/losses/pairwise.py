@@ -536,7 +536,9 @@ def discopop(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
         loss = (1 − σ(ρ/τ))·(−log σ(ρ)) + σ(ρ/τ)·exp(−ρ)
 
     a blend of the logistic (DPO) and exponential losses, switched by the sign of ρ. The second term
-    is computed as exp(log σ(ρ/τ) − ρ), finite for any ρ when τ ≤ 1.
+    is computed as exp(log σ(ρ/τ) − ρ), finite for any ρ when τ ≤ 1. The loss is not monotone in ρ
+    (the paper notes it is non-convex): with τ = 0.05 it has a local minimum at ρ ≈ −0.12 and a local
+    maximum at ρ ≈ 0.07, so at policy = reference (ρ = 0) its gradient pushes ρ slightly negative.
 
     Shapes: (B,) everywhere. Rewards: β·logratio. Typical: β 0.05, τ 0.05 (paper). τ must be in (0, 1].
     Deviations: none.
