@@ -256,3 +256,10 @@ def test_file_level_problems_raise_even_when_skipping(tmp_path: Path) -> None:
         load(tmp_path / "e.jsonl", on_error="skip")
     with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "missing.jsonl", on_error="skip")
+
+
+def test_dataset_name_in_source_column_goes_to_metadata() -> None:
+    with pytest.warns(UserWarning, match="column 'source' holds 'evol_instruct', not a feedback source"):
+        got = load([{**ROWS[0], "source": "evol_instruct"}, {**ROWS[1], "source": "ai:gpt-4"}])
+    assert got[0].source is None and got[0].metadata == {"dataset_source": "evol_instruct"}
+    assert got[1].source == "ai:gpt-4"

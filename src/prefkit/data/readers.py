@@ -21,8 +21,7 @@ Row layouts, recognised per row from its columns (``format="auto"``) or forced w
 - ``"ultrafeedback"``: a ``prompt`` (or ``instruction``) with ``completions``, a list of objects each
   with ``response`` (or ``text``/``completion``), ``overall_score`` (or ``score``) and/or per-aspect
   ``annotations`` (or ``ratings``: aspect -> number, or aspect -> ``{"Rating": "4", ...}`` as in
-  UltraFeedback; ``"N/A"`` aspects are left out). One ``Rating`` per completion; the row's ``source``
-  column (the origin data set in UltraFeedback) goes to ``metadata["dataset_source"]``.
+  UltraFeedback; ``"N/A"`` aspects are left out). One ``Rating`` per completion.
 - ``"ranking"``: a ``prompt`` with ``responses`` and ``ranks`` (a permutation of 1..k or 0..k-1,
   lower = better) or ``scores`` (higher = better; equal scores become tie groups) or neither (the list
   is already best first).
@@ -30,7 +29,9 @@ Row layouts, recognised per row from its columns (``format="auto"``) or forced w
 Every layout also reads the record's optional fields: ``id``, ``strength`` (alias ``margin``),
 ``weight``, ``user_id`` (alias ``user``), ``annotator_id`` (alias ``annotator``), ``rationale``,
 ``source``, ``metadata``, and ``system`` (a system message put before a chat prompt). Integer ids are
-turned into strings. ``columns={"prompt": "question", ...}`` maps our field names to yours. A null
+turned into strings. A ``source`` that is not a feedback source (``human``, ``implicit``, ``ai:MODEL``,
+``rm:MODEL``), e.g. UltraFeedback's origin data set names, goes to ``metadata["dataset_source"]``
+with a warning. ``columns={"prompt": "question", ...}`` maps our field names to yours. A null
 value counts as absent. Other columns are kept in ``metadata``; unknown ones also give a warning that
 suggests the nearest known name (a few common extras such as ``prompt_id``, ``messages``,
 ``score_chosen`` are kept quietly).
@@ -72,7 +73,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefkit.data import hh
-from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired
+from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired, is_source
 from prefkit.errors import ConfigError, DataError, did_you_mean
 
 FORMATS = ("auto", "pair", "hh", "unpaired", "rating", "ultrafeedback", "ranking")
@@ -158,6 +159,12 @@ def read(source: Any, *, format: str = "auto", columns: Mapping[str, str] | None
                 raise row
             records = row_to_records(row, format=format, columns=mapping,
                                      from_text=isinstance(row, _CsvRow))
+            src = next((v for c, v in row.items() if _canonical(c, mapping) == "source"), None)
+            if isinstance(src, str) and not is_source(src) and "source" not in seen_unknown:
+                seen_unknown.add("source")
+                out.warnings.append(f"{_where(name, loc)}: column 'source' holds {src!r}, not a feedback "
+                                    "source (human, implicit, ai:MODEL, rm:MODEL); kept in "
+                                    "metadata['dataset_source']")
             for col in row:
                 col = _canonical(col, mapping)
                 if col not in KNOWN_FIELDS and col not in QUIET_EXTRAS and col not in seen_unknown:
@@ -445,8 +452,8 @@ def row_to_records(row: Mapping[str, Any], *, format: str = "auto", columns: Map
         else:
             extras[col] = value
     kind = _detect(fields, nulls, list(row)) if format == "auto" else format
-    if kind == "ultrafeedback":
-        src = fields.pop("source", None)
+    if kind == "ultrafeedback" or (isinstance(fields.get("source"), str) and not is_source(fields["source"])):
+        src = fields.pop("source", None)  # the origin data set, not who gave the feedback
         if src is not None:
             extras["dataset_source"] = src
     common = _common(fields, extras)

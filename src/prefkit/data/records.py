@@ -1,6 +1,6 @@
 """Typed, frozen preference records, validated when built.
 
-Four feedback forms, one shape each (see ``/work/notes/RECORDS.md`` and ``docs/data.md``):
+Four feedback forms, one shape each (see ``docs/data.md``):
 
 - ``Pair``: a prompt, a ``chosen`` and a ``rejected`` completion; ``tie=True`` marks "equally good".
 - ``Ranking``: a prompt and k >= 2 ``responses`` in preference order (**best first**), with optional
@@ -175,16 +175,19 @@ def _bool(value: Any, fld: str) -> bool:
     return value
 
 
+def is_source(value: Any) -> bool:
+    """True for a valid ``source``: ``"human"``, ``"implicit"``, ``"ai:MODEL"`` or ``"rm:MODEL"``."""
+    if not isinstance(value, str):
+        return False
+    kind, _, model = value.partition(":")
+    return value in ("human", "implicit") or (kind in ("ai", "rm") and bool(model.strip()))
+
+
 def _check_source(value: Any) -> None:
-    if value is None:
+    if value is None or is_source(value):
         return
     if not isinstance(value, str):
         raise _err("source", f"must be a string, got {type(value).__name__}", "wrong_type")
-    if value in ("human", "implicit"):
-        return
-    kind, _, model = value.partition(":")
-    if kind in ("ai", "rm") and model.strip():
-        return
     raise _err("source", f"is {value!r}; use one of {list(SOURCES)} (MODEL names the model)", "bad_value")
 
 
