@@ -31,19 +31,19 @@ LOSSES: dict[str, LossSpec] = {
     "robust_dpo": LossSpec(
         fn=pairwise.robust_dpo, kind="pair", needs_reference=True,
         paper=Paper("Provably Robust DPO: Aligning Language Models with Noisy Feedback", "2403.00409",
-                    "Sec. 3, de-biased loss"),
+                    "de-biased loss"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β (typ. 0.1–0.5)"),
                 "label_smoothing": Param(0.1, 0.0, 0.49, "known label-flip rate ε < 0.5")},
         summary="rDPO: DPO loss de-biased for a known label-flip rate ε (unbiased under random flips)"),
     "dpo_soft": LossSpec(
         fn=pairwise.dpo_soft, kind="pair", needs_reference=True,
-        paper=Paper("Online Self-Preferring Language Models", "2405.14103", "Sec. 3, soft-preference CE"),
+        paper=Paper("Online Self-Preferring Language Models", "2405.14103", "soft-preference CE"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β (typ. 0.1–0.5)")},
         needs=frozenset({"strength"}),
         summary="soft-label DPO: BCE of β·margin against each pair's preference probability p = strength"),
     "ln_dpo": LossSpec(
         fn=pairwise.ln_dpo, kind="pair", needs_reference=True,
-        paper=Paper("The Hitchhiker's Guide to Human Alignment with *PO", "2407.15229", "Sec. 3, LN-DPO"),
+        paper=Paper("The Hitchhiker's Guide to Human Alignment with *PO", "2407.15229", "LN-DPO"),
         params={"beta": Param(1.0, 1e-6, None, "β on per-token log-ratios (larger than DPO's)")},
         summary="length-normalised DPO: DPO on log-ratios divided by response token counts"),
     "ipo": LossSpec(
@@ -55,7 +55,7 @@ LOSSES: dict[str, LossSpec] = {
     "rdpo": LossSpec(
         fn=pairwise.rdpo, kind="pair", needs_reference=True,
         paper=Paper("Disentangling Length from Quality in Direct Preference Optimization", "2403.19159",
-                    "Sec. 4, R-DPO objective"),
+                    "R-DPO objective"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β"),
                 "alpha": Param(0.01, 0.0, None, "length penalty α per token (typ. 0.005–0.05)")},
         summary="R-DPO: DPO with α·(|y_w| − |y_l|) added to the margin, so length is not rewarded"),
@@ -68,7 +68,7 @@ LOSSES: dict[str, LossSpec] = {
         summary="DPO-Positive: DPO minus λ·max(0, ref − policy log-prob of the chosen) inside the sigmoid"),
     "odpo": LossSpec(
         fn=pairwise.odpo, kind="pair", needs_reference=True,
-        paper=Paper("Direct Preference Optimization with an Offset", "2402.10571", "Sec. 3, ODPO loss"),
+        paper=Paper("Direct Preference Optimization with an Offset", "2402.10571", "ODPO loss"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β"),
                 "alpha": Param(1.0, 0.0, None, "offset scale α"),
                 "offset": Param("linear", doc="offset Δ = α·strength ('linear') or α·log(strength) ('log')",
@@ -78,7 +78,7 @@ LOSSES: dict[str, LossSpec] = {
     "fdpo": LossSpec(
         fn=pairwise.fdpo, kind="pair", needs_reference=True,
         paper=Paper("Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse "
-                    "Divergence Constraints", "2309.16240", "Sec. 4, f-DPO objective"),
+                    "Divergence Constraints", "2309.16240", "f-DPO objective"),
         params={"beta": Param(0.1, 1e-6, None, "divergence strength β"),
                 "divergence": Param("reverse_kl", doc="f-divergence of the constraint",
                                     choices=pairwise.FDPO_DIVERGENCES),
@@ -87,40 +87,40 @@ LOSSES: dict[str, LossSpec] = {
     "rpo": LossSpec(
         fn=pairwise.rpo, kind="pair", needs_reference=True,
         paper=Paper("Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an "
-                    "Adversarial Regularizer", "2405.16436", "Sec. 5, RPO objective"),
+                    "Adversarial Regularizer", "2405.16436", "RPO objective"),
         params={"beta": Param(0.1, 1e-6, None, "KL strength β"),
                 "alpha": Param(1.0, 0.0, None, "weight of the per-token NLL on the chosen response")},
         summary="RPO: DPO plus α·(per-token NLL of the chosen response)"),
     "rso_hinge": LossSpec(
         fn=pairwise.rso_hinge, kind="pair", needs_reference=True,
         paper=Paper("Statistical Rejection Sampling Improves Preference Optimization", "2309.06657",
-                    "Sec. 3, hinge-norm loss"),
+                    "hinge-norm loss"),
         params={"beta": Param(0.1, 1e-6, None, "scale β (RSO's γ) of the log-ratio margin")},
         summary="hinge loss max(0, 1 − β·margin) on the DPO log-ratio margin (RSO / SLiC with reference)"),
     "exo": LossSpec(
         fn=pairwise.exo, kind="pair", needs_reference=True,
         paper=Paper("Towards Efficient Exact Optimization of Language Model Alignment", "2402.00856",
-                    "Sec. 4, EXO loss (K = 2)"),
+                    "EXO loss (K = 2)"),
         params={"beta": Param(0.1, 1e-6, None, "β of the policy's pair distribution"),
                 "label_smoothing": Param(1e-3, 1e-6, 0.49, "ε of the label distribution (1 − ε, ε)")},
         summary="EXO: reverse KL from σ(β·margin) to the ε-smoothed preference label"),
     "nca": LossSpec(
         fn=pairwise.nca, kind="pair", needs_reference=True,
         paper=Paper("Noise Contrastive Alignment of Language Models with Explicit Rewards", "2402.05369",
-                    "Sec. 3, NCA loss (K = 2)"),
+                    "NCA loss (K = 2)"),
         params={"beta": Param(0.1, 1e-6, None, "reward scale β")},
         summary="NCA: absolute per-response rewards; −log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l)"),
     "bco_pair": LossSpec(
         fn=pairwise.bco_pair, kind="pair", needs_reference=True,
         paper=Paper("Binary Classifier Optimization for Large Language Model Alignment", "2404.04656",
-                    "Sec. 4, BCO loss on pairs"),
+                    "BCO loss on pairs"),
         params={"beta": Param(0.1, 1e-6, None, "reward scale β"),
                 "delta": Param(0.0, None, None, "reward shift δ (running reward mean; 0 = none)")},
         summary="BCO on pairs: chosen classified positive, rejected negative, with reward shift δ"),
     "sppo": LossSpec(
         fn=pairwise.sppo, kind="pair", needs_reference=True,
         paper=Paper("Self-Play Preference Optimization for Language Model Alignment", "2405.00675",
-                    "Sec. 3, SPPO objective (hard labels)"),
+                    "SPPO objective (hard labels)"),
         params={"beta": Param(0.1, 1e-6, None, "β = 1/η; targets are ±1/(2β)")},
         summary="SPPO (hard labels): regress log-ratios of chosen to +1/(2β) and rejected to −1/(2β)"),
     "apo_zero": LossSpec(
@@ -136,14 +136,14 @@ LOSSES: dict[str, LossSpec] = {
     "discopop": LossSpec(
         fn=pairwise.discopop, kind="pair", needs_reference=True,
         paper=Paper("Discovering Preference Optimization Algorithms with and for Large Language Models",
-                    "2406.08414", "Sec. 5, LRML"),
+                    "2406.08414", "LRML"),
         params={"beta": Param(0.05, 1e-6, None, "KL strength β (paper 0.05)"),
                 "tau": Param(0.05, 1e-6, 1.0, "temperature τ of the logistic/exponential switch")},
         summary="DiscoPOP (LRML): logistic and exponential losses blended by σ(β·margin/τ)"),
     "aot": LossSpec(
         fn=pairwise.aot, kind="pair", needs_reference=True,
         paper=Paper("Distributional Preference Alignment of LLMs via Optimal Transport", "2406.05882",
-                    "Sec. 3, AOT paired/unpaired"),
+                    "AOT paired/unpaired"),
         params={"beta": Param(0.1, 1e-6, None, "scale β"),
                 "label_smoothing": Param(0.0, 0.0, 0.5, "label smoothing ε"),
                 "variant": Param("paired", doc="'paired': sorted policy vs reference pair log-ratios; "
@@ -160,20 +160,20 @@ LOSSES: dict[str, LossSpec] = {
     "cpo": LossSpec(
         fn=pairwise.cpo, kind="pair", needs_reference=False,
         paper=Paper("Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
-                    "Machine Translation", "2401.08417", "Sec. 3, L_prefer + L_NLL"),
+                    "Machine Translation", "2401.08417", "L_prefer + L_NLL"),
         params={"beta": Param(0.1, 1e-6, None, "scale β"),
                 "alpha": Param(1.0, 0.0, None, "weight of the behaviour-cloning per-token NLL on y_w")},
         summary="CPO: reference-free DPO plus per-token NLL on the chosen response"),
     "orpo": LossSpec(
         fn=pairwise.orpo, kind="pair", needs_reference=False,
         paper=Paper("ORPO: Monolithic Preference Optimization without Reference Model", "2403.07691",
-                    "Eqs. 4–7"),
+                    "L_ORPO = L_SFT + λ·L_OR"),
         params={"lam": Param(0.1, 0.0, None, "weight λ of the odds-ratio term")},
         summary="ORPO: per-token NLL on the chosen plus λ·(−log σ(log odds ratio)); reference-free"),
     "slic": LossSpec(
         fn=pairwise.slic, kind="pair", needs_reference=False,
         paper=Paper("SLiC-HF: Sequence Likelihood Calibration with Human Feedback", "2305.10425",
-                    "Sec. 2, calibration loss + regulariser"),
+                    "calibration loss + regulariser"),
         params={"delta": Param(1.0, 0.0, None, "hinge margin δ on log π(y_w) − log π(y_l)"),
                 "lam": Param(0.0, 0.0, None, "weight λ of the per-token NLL regulariser on the chosen")},
         summary="SLiC-HF: hinge max(0, δ − log π(y_w) + log π(y_l)) + λ·NLL; reference-free"),

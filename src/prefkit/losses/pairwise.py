@@ -16,6 +16,8 @@ Conventions shared by every loss here (see ``prefkit.losses.types``):
 - NLL terms (``cpo``, ``orpo``, ``rpo``, ``slic``) use the policy's chosen log-probs divided by the
   chosen token count (per-token NLL, as ORPO and iterative RPO define it and as CPO's and SLiC's
   released code compute cross-entropy); see each docstring;
+- each docstring cites its paper by arXiv id with the equation number where it was checked, otherwise
+  the name the paper gives the objective;
 - results keep the input dtype and device; everything is written with ``logsigmoid`` / ``softplus``
   so values and gradients stay finite for log-ratios of ±1e4 and one-token completions.
 """
@@ -128,7 +130,7 @@ def robust_dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 
     """Robust DPO (rDPO): the unbiased DPO loss under a known label-flip rate ε.
 
     Chowdhury, Kini & Natarajan 2024, "Provably Robust DPO: Aligning Language Models with Noisy
-    Feedback", arXiv 2403.00409, Sec. 3 (the de-biased loss ℓ̂_ε)::
+    Feedback", arXiv 2403.00409 (the de-biased loss ℓ̂_ε)::
 
         ℓ(z)  = −log σ(z),  z = β·h
         loss  = [(1 − ε)·ℓ(z) − ε·ℓ(−z)] / (1 − 2ε)
@@ -159,7 +161,7 @@ def dpo_soft(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor
 
     p = ``strength`` (B,) is the probability that the "chosen" response is preferred (e.g. an
     annotator vote share or a reward model's σ(r_w − r_l)). This is the soft-preference cross-entropy
-    of OSP (Zhang et al. 2024, "Online Self-Preferring Language Models", arXiv 2405.14103, Sec. 3) and
+    of OSP (Zhang et al. 2024, "Online Self-Preferring Language Models", arXiv 2405.14103) and
     the smoothed-label DPO of SmPO; p = 1 is DPO, a constant p = 1 − ε is cDPO.
 
     Shapes: (B,) everywhere, ``strength`` (B,) in [0, 1]. Rewards: β·logratio.
@@ -184,7 +186,7 @@ def ln_dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 1.0)
         loss = −log σ(β·[logratio_w / |y_w| − logratio_l / |y_l|])
 
     Saeidi et al. 2024, "The Hitchhiker's Guide to Human Alignment with *PO", arXiv 2407.15229,
-    Sec. 3 (LN-DPO); TRL's ``sigmoid_norm`` is the same idea.
+    LN-DPO; TRL's ``sigmoid_norm`` is the same idea.
 
     Shapes: (B,) everywhere. Rewards: β·logratio/|y| (the quantity inside the sigmoid).
     Typical: per-token log-ratios are |y| times smaller than summed ones, so β is chosen larger than
@@ -224,7 +226,7 @@ def rdpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """Length-regularised DPO (R-DPO).
 
     Park, Rafailov, Ermon & Finn 2024, "Disentangling Length from Quality in Direct Preference
-    Optimization", arXiv 2403.19159, Sec. 4 (R-DPO objective)::
+    Optimization", arXiv 2403.19159 (R-DPO objective)::
 
         loss = −log σ(β·h + α·|y_w| − α·|y_l|)
 
@@ -271,7 +273,7 @@ def odpo(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor | N
     """DPO with an offset (ODPO): the chosen must beat the rejected by a pair-specific margin Δ.
 
     Amini, Vieira & Cotterell 2024, "Direct Preference Optimization with an Offset", arXiv 2402.10571,
-    Sec. 3 (ODPO loss)::
+    ODPO loss::
 
         loss = −log σ(β·h − Δ),  Δ = α·s (offset="linear") or α·log s (offset="log")
 
@@ -307,7 +309,7 @@ def fdpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """f-DPO: DPO under an f-divergence constraint instead of the reverse KL.
 
     Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
-    Divergence Constraints", arXiv 2309.16240, Sec. 4 (f-DPO objective, with f′ from its table)::
+    Divergence Constraints", arXiv 2309.16240 (f-DPO objective, with f′ from its table)::
 
         loss = −log σ(β·f′(u_w) − β·f′(u_l)),  u = π(y)/π_ref(y) = exp(logratio)
 
@@ -353,8 +355,8 @@ def rpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """Regularised Preference Optimization (RPO): DPO plus an SFT (NLL) term on the chosen response.
 
     Liu et al. 2024, "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an
-    Adversarial Regularizer", arXiv 2405.16436, Sec. 5 (RPO objective); the same form is the loss of
-    iterative RPO (Pang et al. 2024, arXiv 2404.19733, Eq. 1)::
+    Adversarial Regularizer", arXiv 2405.16436 (RPO objective); the same form is the loss of
+    iterative RPO (Pang et al. 2024, arXiv 2404.19733)::
 
         loss = −log σ(β·h) + α·(−log π(y_w|x) / |y_w|)
 
@@ -378,7 +380,7 @@ def rso_hinge(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0
     """Hinge loss on the DPO margin (RSO's "hinge-norm" loss; SLiC with a reference model).
 
     Liu et al. 2023, "Statistical Rejection Sampling Improves Preference Optimization",
-    arXiv 2309.06657, Sec. 3 (hinge-norm loss)::
+    arXiv 2309.06657 (hinge-norm loss)::
 
         loss = max(0, 1 − β·h)
 
@@ -397,7 +399,7 @@ def exo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """Efficient Exact Optimization (EXO), pairwise form: reverse KL between model and label distributions.
 
     Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment",
-    arXiv 2402.00856, Sec. 4 (EXO loss with K = 2 responses and binary preference labels)::
+    arXiv 2402.00856 (EXO loss with K = 2 responses and binary preference labels)::
 
         q_w = σ(β·h), q_l = σ(−β·h)            (softmax of β·logratio over the pair)
         p_w = 1 − ε,  p_l = ε                  (label distribution; ε > 0 keeps it finite)
@@ -422,7 +424,7 @@ def nca(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) ->
     """Noise Contrastive Alignment (NCA), pairwise-preference form.
 
     Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards",
-    arXiv 2402.05369, Sec. 3 (NCA loss for K = 2 responses with a one-hot preference)::
+    arXiv 2402.05369 (NCA loss for K = 2 responses with a one-hot preference)::
 
         r = β·logratio
         loss = −log σ(r_w) − ½·log σ(−r_w) − ½·log σ(−r_l)
@@ -445,7 +447,7 @@ def bco_pair(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
     """Binary Classifier Optimization (BCO) on pairs: chosen classified as +1, rejected as −1.
 
     Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
-    arXiv 2404.04656, Sec. 4 (BCE loss with reward shift δ)::
+    arXiv 2404.04656 (BCE loss with reward shift δ)::
 
         r = β·logratio
         loss = −log σ(r_w − δ) − log σ(−(r_l − δ))
@@ -471,7 +473,7 @@ def sppo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) -
         loss = (logratio_w − 1/(2β))² + (logratio_l + 1/(2β))²
 
     Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment",
-    arXiv 2405.00675, Sec. 3 (SPPO objective)::
+    arXiv 2405.00675 (SPPO objective)::
 
         loss_y = (log π(y|x)/π_t(y|x) − η·(P̂(y ≻ π_t | x) − ½))²
 
@@ -530,7 +532,7 @@ def discopop(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
     """DiscoPOP: the discovered log-ratio modulated loss (LRML).
 
     Lu et al. 2024, "Discovering Preference Optimization Algorithms with and for Large Language
-    Models", arXiv 2406.08414, Sec. 5 (LRML)::
+    Models", arXiv 2406.08414 (LRML)::
 
         ρ = β·h
         loss = (1 − σ(ρ/τ))·(−log σ(ρ)) + σ(ρ/τ)·exp(−ρ)
@@ -558,7 +560,7 @@ def aot(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
     """Alignment via Optimal Transport (AOT): distributional (first-order dominance) preference loss.
 
     Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport",
-    arXiv 2406.05882, Sec. 3 (AOT paired / unpaired, sorting = 1-D optimal transport)::
+    arXiv 2406.05882 (AOT paired / unpaired, sorting = 1-D optimal transport)::
 
         paired:   u = sort_batch(log π(y_w) − log π(y_l)),  v = sort_batch(log π_ref(y_w) − log π_ref(y_l))
         unpaired: u = sort_batch(logratio_w),               v = sort_batch(logratio_l)
@@ -616,7 +618,7 @@ def cpo(policy: PairLogps, reference: PairLogps | None = None, *, beta: float = 
     """Contrastive Preference Optimization (CPO): reference-free DPO plus behaviour cloning on y_w.
 
     Xu et al. 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
-    in Machine Translation", arXiv 2401.08417, Sec. 3 (L_CPO = L_prefer + L_NLL)::
+    in Machine Translation", arXiv 2401.08417 (L_CPO = L_prefer + L_NLL)::
 
         loss = −log σ(β·log π(y_w) − β·log π(y_l)) + α·(−log π(y_w|x) / |y_w|)
 
@@ -637,7 +639,7 @@ def orpo(policy: PairLogps, reference: PairLogps | None = None, *, lam: float = 
     """Odds Ratio Preference Optimization (ORPO): SFT on y_w plus a log-odds-ratio penalty.
 
     Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
-    arXiv 2403.07691, Eqs. 4–7::
+    arXiv 2403.07691, L_ORPO = L_SFT + λ·L_OR::
 
         P(y) = exp(log π(y|x) / |y|)                    (length-normalised likelihood)
         log odds(y) = log P(y) − log(1 − P(y))
@@ -668,7 +670,7 @@ def slic(policy: PairLogps, reference: PairLogps | None = None, *, delta: float 
     """SLiC-HF: hinge calibration loss on sequence log-likelihoods, plus an optional NLL regulariser.
 
     Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
-    arXiv 2305.10425, Sec. 2 (calibration loss with regularisation)::
+    arXiv 2305.10425 (calibration loss with regularisation)::
 
         loss = max(0, δ − log π(y_w|x) + log π(y_l|x)) + λ·(−log π(y_w|x) / |y_w|)
 

@@ -19,8 +19,8 @@ from prefkit.losses.types import PairLogps, as_float
 def wpo_weights(policy: PairLogps) -> Tensor:
     """Weighted Preference Optimization (WPO) pair weights, (B,), detached, in (0, 1].
 
-    Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", arXiv 2406.11827,
-    Sec. 3: off-policy pairs are re-weighted by how likely the current policy is to generate them::
+    Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", arXiv 2406.11827:
+    off-policy pairs are re-weighted by how likely the current policy is to generate them::
 
         w(x, y)        = exp(log π(y|x) / |y|)        (length-normalised sequence probability)
         w(x, y_w, y_l) = w(x, y_w) · w(x, y_l)
@@ -53,8 +53,8 @@ def _desensitised(token_logps: Tensor, mask: Tensor, public_len: Tensor, alpha: 
 def ld_dpo(logps: PairLogps, *, alpha: float) -> PairLogps:
     """Length-Desensitised DPO (LD-DPO): down-weight the tokens past the shorter response's length.
 
-    Liu et al. 2024, "Length Desensitization in Direct Preference Optimization", arXiv 2409.06411,
-    Sec. 4: with l_p = min(|y_w|, |y_l|) (the "public length") the sequence log-likelihood becomes::
+    Liu et al. 2024, "Length Desensitization in Direct Preference Optimization", arXiv 2409.06411:
+    with l_p = min(|y_w|, |y_l|) (the "public length") the sequence log-likelihood becomes::
 
         log π̂(y|x) = Σ_{t ≤ l_p} log π(y_t|x, y_<t) + α·Σ_{t > l_p} log π(y_t|x, y_<t)
 
