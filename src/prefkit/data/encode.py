@@ -208,6 +208,7 @@ def _record_kind(record: Record) -> Kind:
 
 
 def _completions(record: Record) -> Sequence[str | tuple[Message, ...]]:
+    _record_kind(record)  # refuses anything that is not a record
     if isinstance(record, Pair):
         return (record.chosen, record.rejected)
     if isinstance(record, Ranking):
@@ -255,9 +256,6 @@ class Encoder:
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def _tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
     def _apply_template(self, messages: tuple[Message, ...], *, add_generation_prompt: bool) -> str:
         try:
             return self.tokenizer.apply_chat_template(
@@ -285,65 +283,102 @@ class Encoder:
                     "add_generation_prompt=True is not the start of the full conversation; they differ at "
                     f"character {i}: {prompt_text[i:i + 30]!r} vs {full_text[i:i + 30]!r}); use a template "
                     "that renders earlier turns the same way, or convert the records to text")
-            out.append(full_text[len(prompt_text):])
+            text = full_text[len(prompt_text):]
+            stripped = text.rstrip()
+            if self._eos_text is not None and stripped != text and stripped.endswith(self._eos_text):
+                text = stripped  # a template that writes "<eos>\n": end the completion at its EOS
+            out.append(text)
         return prompt_text, out
 
-    def _completion_ids(self, text: str, chat: bool) -> list[int]:
-        ids = self._tokenize(text)
-        if self._eos_text is not None and chat:
-            # A template that writes "<eos>\n": trim what follows the final EOS so it ends the sequence.
-            stripped = text.rstrip()
-            if stripped != text and stripped.endswith(self._eos_text):
-                ids = self._tokenize(stripped)
-        if self.config.add_eos and (not ids or ids[-1] != self.eos_id):
-            ids.append(int(self.eos_id))  # type: ignore[arg-type]  # not None: checked in __init__
-        return ids
-
-    def _prompt_ids(self, text: str) -> list[int]:
-        ids = self._tokenize(text)
-        if self.bos_id is not None and (not ids or ids[0] != self.bos_id):
-            ids.insert(0, self.bos_id)
-        return ids
-
-    def render(self, record: Record) -> tuple[list[int], list[list[int]]]:
-        """Untruncated (prompt ids, completion ids per sequence in group order)."""
+    def render_text(self, record: Record) -> tuple[str, list[str]]:
+        """(prompt text, completion text per sequence in group order), before tokenization."""
         completions = _completions(record)
         if isinstance(record.prompt, tuple):
             try:
-                prompt_text, texts = self._render_chat(record.prompt, completions)  # type: ignore[arg-type]
+                return self._render_chat(record.prompt, completions)  # type: ignore[arg-type]
             except DataError as err:
                 if record.id is None:
                     raise
                 raise DataError(f"example {record.id!r}: {err.message}", reason=err.reason) from err
-            return self._prompt_ids(prompt_text), [self._completion_ids(c, True) for c in texts]
-        texts = [str(c) for c in completions]
-        return self._prompt_ids(record.prompt), [self._completion_ids(c, False) for c in texts]
+        return record.prompt, [str(c) for c in completions]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens added (one batched call: fast tokenizers run it
+        in parallel)."""
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [list(x) if t else [] for x, t in zip(ids, texts, strict=True)]
+
+    def _add_special(self, prompt: list[int], completions: list[list[int]]) -> None:
+        """BOS once at the start of the prompt, EOS once at the end of each completion (in place)."""
+        if self.bos_id is not None and (not prompt or prompt[0] != self.bos_id):
+            prompt.insert(0, self.bos_id)
+        if self.config.add_eos:
+            for ids in completions:
+                if not ids or ids[-1] != self.eos_id:
+                    ids.append(int(self.eos_id))  # type: ignore[arg-type]  # not None: checked in __init__
+
+    def render(self, record: Record) -> tuple[list[int], list[list[int]]]:
+        """Untruncated (prompt ids, completion ids per sequence in group order), BOS/EOS added."""
+        prompt_text, texts = self.render_text(record)
+        prompt, *completions = self._tokenize([prompt_text, *texts])
+        self._add_special(prompt, completions)
+        return prompt, completions
 
     # -- encoding ------------------------------------------------------------------------------------
 
     def encode(self, record: Record) -> EncodedExample | None:
         """Encode one record (None when dropped); counts into ``self.report``."""
-        return self._encode(record, self.report)
+        prompt, completions = self.render(record)
+        return self._finish(record, prompt, completions, self.report)
 
-    def encode_all(self, records: Iterable[Record]) -> tuple[list[EncodedExample], TruncationReport]:
-        """Encode many records; returns the kept examples (input order) and this call's report."""
+    def encode_all(self, records: Iterable[Record], *, chunk_size: int = 1024
+                   ) -> tuple[list[EncodedExample], TruncationReport]:
+        """Encode many records; returns the kept examples (input order) and this call's report.
+
+        Texts are tokenized ``chunk_size`` records at a time in one batched tokenizer call.
+        """
         report = TruncationReport()
-        out = []
+        out: list[EncodedExample] = []
+        chunk: list[tuple[int, Record]] = []
+
+        def flush() -> None:
+            rendered, texts = [], []
+            for i, record in chunk:
+                prompt_text, completion_texts = self._located(i, record, self.render_text, record)
+                rendered.append((len(texts), len(completion_texts)))
+                texts += [prompt_text, *completion_texts]
+            ids = self._tokenize(texts)
+            for (i, record), (start, g) in zip(chunk, rendered, strict=True):
+                prompt, completions = ids[start], ids[start + 1:start + 1 + g]
+                self._add_special(prompt, completions)
+                ex = self._located(i, record, self._finish, record, prompt, completions, report)
+                if ex is not None:
+                    out.append(ex)
+            chunk.clear()
+
         for i, record in enumerate(records):
-            try:
-                ex = self._encode(record, report)
-            except DataError as err:
-                if record.id is not None:
-                    raise
-                raise DataError(f"record {i}: {err.message}", reason=err.reason) from err
-            if ex is not None:
-                out.append(ex)
+            chunk.append((i, record))
+            if len(chunk) >= chunk_size:
+                flush()
+        if chunk:
+            flush()
         self.report.add(report)
         return out, report
 
-    def _encode(self, record: Record, report: TruncationReport) -> EncodedExample | None:
+    @staticmethod
+    def _located(i: int, record: Record, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, with a DataError about an id-less record prefixed by its index."""
+        try:
+            return fn(*args)
+        except DataError as err:
+            if record.id is not None:
+                raise
+            raise DataError(f"record {i}: {err.message}", reason=err.reason) from err
+
+    def _finish(self, record: Record, prompt: list[int], completions: list[list[int]],
+                report: TruncationReport) -> EncodedExample | None:
+        """Truncate (or drop / raise) and build the example; counts into ``report``."""
         kind = _record_kind(record)
-        prompt, completions = self.render(record)
         cfg = self.config
         report.examples += 1
         report.longest = max(report.longest, len(prompt) + max(len(c) for c in completions))
