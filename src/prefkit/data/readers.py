@@ -159,7 +159,8 @@ def read(source: Any, *, format: str = "auto", columns: Mapping[str, str] | None
                 raise row
             records = row_to_records(row, format=format, columns=mapping,
                                      from_text=isinstance(row, _CsvRow))
-            src = next((v for c, v in row.items() if _canonical(c, mapping) == "source"), None)
+            cols = {_canonical(c, mapping): v for c, v in row.items()}
+            src = cols.get("source") if format != "ultrafeedback" and "completions" not in cols else None
             if isinstance(src, str) and not is_source(src) and "source" not in seen_unknown:
                 seen_unknown.add("source")
                 out.warnings.append(f"{_where(name, loc)}: column 'source' holds {src!r}, not a feedback "
