@@ -357,3 +357,12 @@ def test_template_errors_are_one_line_data_errors() -> None:
     anonymous = Pair(prompt=records[0].prompt, chosen=records[0].chosen, rejected=records[0].rejected)
     with pytest.raises(DataError, match="^record 1: the chat template refused"):
         enc.encode_all([*tiny_chat_pairs(1), anonymous])
+
+
+def test_ranking_tie_groups_in_extras() -> None:
+    enc = Encoder(tiny_tokenizer())
+    records = [Ranking(prompt="Q:", responses=(" a", " b", " c"), tie_groups=(0, 0, 1)),
+               Ranking(prompt="Q:", responses=(" x", " y", " z"))]
+    batch = enc.collate(enc.encode_all(records)[0])
+    assert batch.extras["tie_groups"].tolist() == [[0, 0, 1], [0, 1, 2]]
+    assert "tie_groups" not in enc.collate(enc.encode_all(records[1:])[0]).extras

@@ -134,6 +134,7 @@ class EncodedExample:
     tie: bool | None = None  # pairs: tie flag
     scores: tuple[float, ...] | None = None  # ranking: one per response; rating: see score_names
     score_names: tuple[str, ...] | None = None  # rating: ("score", *sorted attribute names)
+    tie_groups: tuple[int, ...] | None = None  # ranking: rank group per response (equal = tied)
     user_id: str | None = None
     truncated: bool = False  # some prompt or completion tokens were cut
 
@@ -443,6 +444,7 @@ class Encoder:
             label=record.desirable if isinstance(record, Unpaired) else None,
             tie=record.tie if isinstance(record, Pair) else None,
             scores=scores, score_names=score_names, user_id=record.user_id,
+            tie_groups=record.tie_groups if isinstance(record, Ranking) else None,
             truncated=prompt_cut or completion_cut,
         )
 
@@ -467,7 +469,8 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, *, pad_to_multiple_
 
     Per-example tensors (B,): ``weight`` (always), ``strength`` (None when no example has one; NaN
     where one lacks it), ``ties`` (pairs), ``labels`` (unpaired), ``scores`` ((B, K) for rankings,
-    NaN where absent; (B, A) for ratings in ``score_names`` order).
+    NaN where absent; (B, A) for ratings in ``score_names`` order). Rankings with ``tie_groups`` add
+    ``extras["tie_groups"]`` (B, K) long (0 = best group; a ranking without ties counts 0..K-1).
 
     Rankings with different k cannot share a batch: group them by ``len(responses)`` first.
     """
@@ -525,8 +528,12 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, *, pad_to_multiple_
     elif kind == "list" and any(ex.scores is not None for ex in examples):
         scores = torch.tensor([list(ex.scores) if ex.scores is not None else [math.nan] * g
                                for ex in examples], dtype=torch.float32)  # (B, K)
+    extras = {}
+    if kind == "list" and any(ex.tie_groups is not None for ex in examples):
+        extras["tie_groups"] = torch.tensor([list(ex.tie_groups) if ex.tie_groups is not None
+                                             else list(range(g)) for ex in examples])  # (B, K)
     return Batch(
-        kind=kind, group_size=g, input_ids=input_ids, attention_mask=attention_mask,
+        kind=kind, group_size=g, extras=extras, input_ids=input_ids, attention_mask=attention_mask,
         completion_mask=completion_mask, layout=layout, position_ids=position_ids, seq_lens=seq_lens,
         prompt_lens=prompt_lens, strength=strength,
         weight=torch.tensor([ex.weight for ex in examples], dtype=torch.float32),
