@@ -68,7 +68,8 @@ def inspect_cmd(file: str, fmt: str, columns: tuple[str, ...], tokenizer: str | 
     records = _read(file, fmt, columns)
     report = inspect_data(records, tokenizer=tok, problems=records.skipped)
     report = {"source": file, "rows": records.rows, **report}
-    kinds = ", ".join(f"{n} {k}s" for k, n in report["by_kind"].items()) or "none"
+    kinds = ", ".join(f"{n} {k if n == 1 or k == 'unpaired' else k + 's'}"
+                      for k, n in report["by_kind"].items()) or "none"
     click.echo(f"{file}: {report['records']} records from {records.rows} rows ({kinds})")
     click.echo(f"users: {report['users']} ({report['records_with_user']} records with a user id); "
                f"ties: {report['ties']}; chat records: {report['chat_records']}")
