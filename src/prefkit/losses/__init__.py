@@ -18,6 +18,10 @@ from prefkit.losses.types import (
     UnpairedLogps,
 )
 
+from . import listwise, reward, unpaired
+from .registry import get_loss, validate_loss_params
+from .reward import ListScores, PairScores, RatingScores
+
 LOSSES: dict[str, LossSpec] = {
     # --- pairwise (prefkit.losses.pairwise) ---
     "dpo": LossSpec(
@@ -179,11 +183,112 @@ LOSSES: dict[str, LossSpec] = {
         summary="SLiC-HF: hinge max(0, δ − log π(y_w) + log π(y_l)) + λ·NLL; reference-free"),
     # --- end pairwise ---
     # --- listwise (prefkit.losses.listwise) ---
+    "pl_dpo": LossSpec(
+        fn=listwise.pl_dpo, kind="list", needs_reference=True,
+        paper=Paper("Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+                    "2305.18290", "Appendix A.3, Plackett–Luce objective"),
+        params={"beta": Param(0.1, 1e-6, None, "β scaling the log-ratios (typ. 0.1–0.5)")},
+        summary="Plackett–Luce DPO: −log P_PL(ranking) of β·log-ratios; DPO at K = 2"),
+    "lipo": LossSpec(
+        fn=listwise.lipo, kind="list", needs_reference=True,
+        paper=Paper("LiPO: Listwise Preference Optimization through Learning-to-Rank", "2402.01878",
+                    "LiPO-λ loss (Lambda-weighted pairwise logistic loss)"),
+        params={"beta": Param(0.1, 1e-6, None, "β scaling the log-ratios (typ. 0.1–0.5)"),
+                "form": Param("logistic", doc="pairwise loss: 'logistic' log(1+e^−(s_i−s_j)) or 'hinge' "
+                              "max(0, δ − (s_i−s_j))", choices=("logistic", "hinge")),
+                "weighting": Param("lambda", doc="'lambda': LiPO-λ weights Δ_ij from graded labels and "
+                                   "ranks; 'none': every ordered pair weighs 1", choices=("lambda", "none")),
+                "delta": Param(1.0, 0.0, None, "hinge margin δ, in units of β·log-ratio (form='hinge')")},
+        needs=frozenset({"scores"}),
+        summary="LiPO-λ: Lambda-weighted pairwise logistic (or hinge) loss over graded lists"),
+    "pro": LossSpec(
+        fn=listwise.pro, kind="list", needs_reference=False,
+        paper=Paper("Preference Ranking Optimization for Human Alignment", "2306.17492",
+                    "L_PRO with dynamic temperature + β·L_SFT"),
+        params={"sft_weight": Param(0.05, 0.0, None, "weight of the SFT term on the best item (paper's β)"),
+                "temperature": Param(1.0, 1e-6, None, "constant temperature T when not dynamic"),
+                "dynamic_temperature": Param(True, doc="use 1/T = reward-score gaps when scores are given")},
+        needs=frozenset({"scores"}),
+        summary="PRO: iterated softmax over length-normalised log-probs of the ranking + SFT; no reference"),
+    "listnet": LossSpec(
+        fn=listwise.listnet, kind="list", needs_reference=True,
+        paper=Paper("Learning to Rank: From Pairwise Approach to Listwise Approach (ListNet, ICML 2007)", "",
+                    "top-one probability cross entropy"),
+        params={"beta": Param(0.1, 1e-6, None, "β scaling the log-ratios (typ. 0.1–0.5)"),
+                "label_temperature": Param(1.0, 1e-6, None, "temperature t of the label softmax")},
+        needs=frozenset({"scores"}),
+        summary="ListNet: cross-entropy of softmax(β·log-ratios) against softmax(graded labels)"),
     # --- end listwise ---
     # --- unpaired (prefkit.losses.unpaired) ---
+    "kto": LossSpec(
+        fn=unpaired.kto, kind="unpaired", needs_reference=True,
+        paper=Paper("KTO: Model Alignment as Prospect Theoretic Optimization", "2402.01306",
+                    "L_KTO with reference point z0"),
+        params={"beta": Param(0.1, 1e-6, None, "β scaling the log-ratios (typ. 0.1–0.5)"),
+                "desirable_weight": Param(1.0, 0.0, None, "λ_D, weight of desirable examples"),
+                "undesirable_weight": Param(1.0, 0.0, None, "λ_U, weight of undesirable examples"),
+                "z0_fallback": Param("zero", doc="z0 when kl_logps are absent: 'zero', or 'batch' (clamped "
+                                     "mean of the batch's own log-ratios)", choices=("zero", "batch"))},
+        needs=frozenset({"labels"}),
+        summary="KTO: prospect-theoretic value of log-ratios against a batch KL reference point z0"),
+    "bco": LossSpec(
+        fn=unpaired.bco, kind="unpaired", needs_reference=True,
+        paper=Paper("Binary Classifier Optimization for Large Language Model Alignment", "2404.04656",
+                    "BCE on implicit rewards with reward shift δ"),
+        params={"beta": Param(0.1, 1e-6, None, "β scaling the log-ratios (typ. 0.1–0.5)"),
+                "delta": Param(0.0, None, None, "reward shift δ (the caller may pass the running mean)")},
+        needs=frozenset({"labels"}),
+        summary="BCO: logistic regression of desirable vs undesirable on β·log-ratio − δ"),
     # --- end unpaired ---
     # --- reward models (prefkit.losses.reward) ---
+    "bradley_terry": LossSpec(
+        fn=reward.bradley_terry, kind="reward_pair", needs_reference=False,
+        paper=Paper("Training language models to follow instructions with human feedback", "2203.02155",
+                    "Eq. 1; margin: Llama 2 (2307.09288) Eq. 2; centering: 2312.09244"),
+        params={"margin_scale": Param(0.0, 0.0, None, "margin m = margin_scale·strength (0 = no margin)"),
+                "center_coef": Param(0.0, 0.0, None, "reward-centering weight η on (r_w + r_l)² (typ. 0.01)")},
+        needs=frozenset({"strength"}),
+        summary="Bradley–Terry RM loss −log σ(r_w − r_l − m) + η·(r_w + r_l)²"),
+    "soft_bradley_terry": LossSpec(
+        fn=reward.soft_bradley_terry, kind="reward_pair", needs_reference=False,
+        paper=Paper("Deep reinforcement learning from human preferences", "1706.03741",
+                    "Sec. 2.2.3, cross-entropy with label distribution μ"),
+        needs=frozenset({"strength", "ties"}),
+        summary="soft-label BT: cross-entropy against p = strength (1 if absent, 0.5 on ties)"),
+    "rao_kupper": LossSpec(
+        fn=reward.rao_kupper, kind="reward_pair", needs_reference=False,
+        paper=Paper("Ties in Paired-Comparison Experiments: A Generalization of the Bradley-Terry Model "
+                    "(Rao & Kupper, JASA 1967)", "", "win and tie probabilities"),
+        params={"theta": Param(1.5, 1.0, None, "tie threshold θ (fixed; pass a tensor at call time to "
+                               "learn it)")},
+        needs=frozenset({"ties"}),
+        summary="Rao–Kupper: BT with ties, P(w ≻ l) = σ(Δ − log θ)"),
+    "davidson": LossSpec(
+        fn=reward.davidson, kind="reward_pair", needs_reference=False,
+        paper=Paper("On Extending the Bradley-Terry Model to Accommodate Ties in Paired Comparison "
+                    "Experiments (Davidson, JASA 1970)", "", "win and tie probabilities"),
+        params={"nu": Param(0.5, 0.0, None, "tie weight ν (fixed; pass a tensor at call time to learn it)")},
+        needs=frozenset({"ties"}),
+        summary="Davidson: BT with ties, P(tie) ∝ ν·√(π_w π_l)"),
+    "plackett_luce": LossSpec(
+        fn=reward.plackett_luce, kind="reward_list", needs_reference=False,
+        paper=Paper("Principled Reinforcement Learning with Human Feedback from Pairwise or K-wise "
+                    "Comparisons", "2301.11270", "Plackett–Luce MLE for K-wise comparisons"),
+        summary="Plackett–Luce RM loss over a ranking of K responses; BT at K = 2"),
+    "rm_regression": LossSpec(
+        fn=reward.rm_regression, kind="reward_rating", needs_reference=False,
+        paper=Paper("HelpSteer2-Preference: Complementing Ratings with Preferences", "2410.01257",
+                    "regression RM (MSE on ratings)"),
+        needs=frozenset({"scores"}),
+        summary="regression RM: squared error to the rating (mean over attributes for (B, A))"),
+    "rm_multi_regression": LossSpec(
+        fn=reward.rm_multi_regression, kind="reward_rating", needs_reference=False,
+        paper=Paper("HelpSteer2: Open-source dataset for training top-performing reward models",
+                    "2406.08673", "multi-attribute regression RM"),
+        needs=frozenset({"scores"}),
+        summary="multi-attribute regression RM: MSE over rated attributes (NaN = missing)"),
     # --- end reward models ---
 }
 
-__all__ = ["LOSSES", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param"]
+__all__ = ["LOSSES", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param",
+           "PairScores", "ListScores", "RatingScores", "get_loss", "validate_loss_params"]

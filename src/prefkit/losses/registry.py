@@ -1,0 +1,262 @@
+"""Helpers over the registry ``prefkit.losses.LOSSES``: look-up, parameter checks, generated docs.
+
+The registry itself is the dict literal in ``prefkit/losses/__init__.py``; nothing here adds to it.
+
+- ``get_loss(name)``: the ``LossSpec`` for a registry name, or for ``"pkg.module:attr"`` naming a
+  user's ``LossSpec`` (imported explicitly, at config-parse time). Unknown names raise ``ConfigError``
+  listing the valid names and the nearest one.
+- ``validate_loss_params(name, params)``: called when a config is parsed; fills defaults, rejects
+  unknown keys (naming the nearest), wrong types and out-of-range values, each with a one-line
+  ``ConfigError``.
+- ``formula_of(spec)``: the "Formula:" section of the loss function's docstring.
+- ``render_docs()``: the text of ``docs/losses.md``; regenerate it with ``prefkit losses --write-docs``
+  or ``python -m prefkit.losses.registry --write-docs`` (``--check`` exits 1 when it is stale; runpy
+  warns that the module was already imported by its package, which is harmless).
+
+How a loss is called (the trainer's side of the contract): ``spec.fn(policy, reference, **inputs,
+**params)`` where ``inputs`` holds one keyword per name in ``spec.needs`` other than
+``"token_logps"`` (``strength``, ``ties``, ``labels``, ``scores``), and ``reference`` is None when
+``spec.needs_reference`` is False.
+
+Docstring convention the CLI and docs read: a line ``Formula:`` (or ``Formula, with ...::``) followed by
+an indented block; failing that, the first ``::`` literal block (see ``formula_of``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import math
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from prefkit.errors import ConfigError, did_you_mean
+from prefkit.losses.types import LossSpec, Param
+
+DOCS_PATH = Path(__file__).resolve().parents[3] / "docs" / "losses.md"
+REGENERATE = "prefkit losses --write-docs"
+
+
+def _registry() -> dict[str, LossSpec]:
+    # Imported at call time: this module is imported by prefkit.losses itself.
+    from prefkit.losses import LOSSES
+
+    return LOSSES
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registry entry for ``name``, or the user ``LossSpec`` at ``"pkg.module:attr"``."""
+    losses = _registry()
+    if name in losses:
+        return losses[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ConfigError(f"loss {name!r}: cannot import module {module_name!r} ({err})") from None
+        spec = getattr(module, attr, None)
+        if not isinstance(spec, LossSpec):
+            raise ConfigError(f"loss {name!r}: {module_name}.{attr} must be a prefkit.losses.LossSpec, "
+                              f"got {type(spec).__name__}")
+        return spec
+    raise ConfigError(f"unknown loss {name!r}{did_you_mean(name, losses)}; choose from {sorted(losses)} "
+                      "or give 'pkg.module:attr' naming a LossSpec")
+
+
+def _bad_type(loss: str, key: str, value: Any, expected: str) -> ConfigError:
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (write it as a number, e.g. 1.0e-3: YAML reads 1e-3 as a string)"
+        except ValueError:
+            pass
+    return ConfigError(f"loss {loss!r}: parameter {key!r} must be {expected}, got {value!r}{hint}")
+
+
+def _check_value(loss: str, key: str, param: Param, value: Any) -> Any:
+    """``value`` converted to the parameter's type, or a ConfigError."""
+    default = param.default
+    if param.choices is not None:
+        if not isinstance(value, str) or value not in param.choices:
+            near = did_you_mean(value, param.choices) if isinstance(value, str) else ""
+            raise ConfigError(f"loss {loss!r}: parameter {key!r} must be one of {list(param.choices)}, "
+                              f"got {value!r}{near}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _bad_type(loss, key, value, "true or false")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise _bad_type(loss, key, value, "a string")
+        return value
+    if value is None and default is None:
+        return None
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad_type(loss, key, value, "an integer")
+    elif isinstance(default, float) or default is None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad_type(loss, key, value, "a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"loss {loss!r}: parameter {key!r} must be finite, got {value!r}")
+    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
+        raise ConfigError(f"loss {loss!r}: parameter {key!r}={value!r} is out of range "
+                          f"{_range(param)}")
+    return value
+
+
+def validate_loss_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of loss ``name``: the given ones checked and converted, the rest defaulted."""
+    spec = get_loss(name)
+    params = dict(params or {})
+    for key in params:
+        if key not in spec.params:
+            valid = sorted(spec.params)
+            what = f"valid parameters: {', '.join(valid)}" if valid else "it takes no parameters"
+            raise ConfigError(f"loss {name!r}: unknown parameter {key!r}{did_you_mean(key, valid)}; {what}")
+    return {key: _check_value(name, key, param, params[key]) if key in params else param.default
+            for key, param in spec.params.items()}
+
+
+def _range(param: Param) -> str:
+    if param.choices is not None:
+        return " | ".join(param.choices)
+    if isinstance(param.default, bool):
+        return "true | false"
+    if param.low is None and param.high is None:
+        return "any"
+    low = "-inf" if param.low is None else f"{param.low:g}"
+    high = "inf" if param.high is None else f"{param.high:g}"
+    return f"[{low}, {high}]"
+
+
+def param_range(param: Param) -> str:
+    """The valid values of ``param`` in words: ``[0, inf]``, ``a | b`` or ``any``."""
+    return _range(param)
+
+
+def summary_of(spec: LossSpec) -> str:
+    """The one-line summary: ``spec.summary`` or the docstring's first line."""
+    if spec.summary:
+        return spec.summary
+    doc = inspect.getdoc(spec.fn) or ""
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def _indented_block(lines: list[str], start: int) -> list[str]:
+    block = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith((" ", "\t")):
+            break
+        block.append(line)
+    return block
+
+
+def formula_of(spec: LossSpec) -> str:
+    """The formula section of the loss's docstring.
+
+    That is the indented block after a ``Formula...:`` line (any text between "Formula" and the colon,
+    e.g. ``Formula, with h = ...::``, is kept as the first line); else the first ``::`` literal block;
+    else the docstring without its summary line.
+    """
+    doc = inspect.getdoc(spec.fn) or ""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.lower().startswith("formula") and line.rstrip().endswith(":"):
+            header = line.rstrip().rstrip(":")[len("formula"):].strip(" ,;:")
+            block = textwrap.dedent("\n".join(_indented_block(lines, i + 1))).strip("\n")
+            return f"{header}\n\n{block}" if header else block
+    for i, line in enumerate(lines):
+        if not line.startswith((" ", "\t")) and line.rstrip().endswith("::"):
+            return textwrap.dedent("\n".join(_indented_block(lines, i + 1))).strip("\n")
+    return "\n".join(lines[1:]).strip() or summary_of(spec)
+
+
+def paper_line(spec: LossSpec) -> str:
+    """``title (arXiv id), equation`` on one line."""
+    paper = spec.paper
+    where = f" (arXiv {paper.arxiv})" if paper.arxiv else ""
+    return f"{paper.title}{where}, {paper.equation}" if paper.equation else f"{paper.title}{where}"
+
+
+def _md_paper(spec: LossSpec) -> str:
+    paper = spec.paper
+    if paper.arxiv:
+        return f"{paper.title} ([arXiv {paper.arxiv}](https://arxiv.org/abs/{paper.arxiv}))"
+    return paper.title
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_docs() -> str:
+    """The Markdown of ``docs/losses.md``, generated from ``LOSSES``."""
+    losses = _registry()
+    out = [
+        "# Losses",
+        "",
+        f"<!-- Generated from prefkit.losses.LOSSES by `{REGENERATE}`; do not edit by hand. -->",
+        "",
+        f"{len(losses)} registered losses. Each is a pure function returning per-example losses (B,) and",
+        "detached rewards; the trainer reduces. Log-probs are log-likelihoods (higher = more likely) and",
+        "every loss is minimised. `prefkit losses NAME` prints the same entry in a terminal.",
+        "",
+        "| name | kind | reference | extra inputs | summary | paper |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in sorted(losses):
+        spec = losses[name]
+        needs = ", ".join(sorted(spec.needs)) or "—"
+        out.append(f"| [`{name}`](#{name}) | {spec.kind} | {'yes' if spec.needs_reference else 'no'} | "
+                   f"{needs} | {_md(summary_of(spec))} | {_md(_md_paper(spec))} |")
+    for name in sorted(losses):
+        spec = losses[name]
+        out += ["", f"## {name}", "", _md(summary_of(spec)), "",
+                f"- kind: `{spec.kind}`; needs reference: {'yes' if spec.needs_reference else 'no'}; "
+                f"extra inputs: {', '.join(sorted(spec.needs)) or 'none'}",
+                f"- paper: {_md_paper(spec)}{', ' + spec.paper.equation if spec.paper.equation else ''}",
+                f"- function: `{spec.fn.__module__}.{spec.fn.__qualname__}`",
+                "", "```text", formula_of(spec), "```", ""]
+        if spec.params:
+            out += ["| parameter | default | valid | description |", "|---|---|---|---|"]
+            for key, param in spec.params.items():
+                out.append(f"| `{key}` | `{param.default!r}` | {_md(_range(param))} | {_md(param.doc)} |")
+        else:
+            out.append("No parameters.")
+    return "\n".join(out) + "\n"
+
+
+def write_docs(path: Path = DOCS_PATH) -> Path:
+    """Write ``render_docs()`` to ``path`` (``docs/losses.md`` by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_docs(), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m prefkit.losses.registry --write-docs | --check``."""
+    parser = argparse.ArgumentParser(prog="python -m prefkit.losses.registry", description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write-docs", action="store_true", help=f"write {DOCS_PATH}")
+    group.add_argument("--check", action="store_true", help="exit 1 if the docs are stale")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        print(f"wrote {write_docs()}")
+        return 0
+    if not DOCS_PATH.exists() or DOCS_PATH.read_text(encoding="utf-8") != render_docs():
+        print(f"{DOCS_PATH} is stale; run `{REGENERATE}`", file=sys.stderr)
+        return 1
+    print(f"{DOCS_PATH} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
