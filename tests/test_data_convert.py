@@ -183,3 +183,10 @@ def test_cli_convert_skip_counts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["data", "convert", str(src), str(tmp_path / "o.jsonl"), "--to", "unpaired", "--on-error",
                  "skip"]) == 0
     assert "wrote 2 records" in capsys.readouterr().out
+
+
+def test_jsonl_keeps_unicode_line_separators(tmp_path: Path) -> None:
+    records = [Pair("p\u2028q", "a\u2029b\x85", "c\r\nd"), Pair("p", "é", "ü")]
+    write_jsonl(records, tmp_path / "u.jsonl")
+    (tmp_path / "crlf.jsonl").write_bytes((tmp_path / "u.jsonl").read_bytes().replace(b"\n", b"\r\n"))
+    assert load(tmp_path / "u.jsonl") == records == load(tmp_path / "crlf.jsonl")

@@ -284,7 +284,7 @@ def _as_object(value: Any) -> Any:
 
 
 def _jsonl_rows(text: str) -> Iterator[tuple[Location, Any]]:
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside strings
         if not line.strip():
             continue
         try:
