@@ -271,12 +271,14 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str) -> ConfigError:
+    """'unknown config key' naming the nearest valid key: same section first, then the same field name
+    in another section ('lr' -> 'train.lr'), then anything close."""
     keys = all_keys()
-    hint = did_you_mean(key, keys)
-    if not hint:  # same leaf name in another section ('lr' -> 'train.lr')
-        leaf = key.rsplit(".", 1)[-1]
-        same = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-        hint = f" (did you mean {same[0]!r}?)" if same else ""
+    section, _, leaf = key.rpartition(".")
+    same_section = [k for k in keys if k.rpartition(".")[0] == section] if section else []
+    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
+    hint = (did_you_mean(key, same_section) if same_section else "") or (
+        f" (did you mean {same_leaf[0]!r}?)" if same_leaf else did_you_mean(key, keys))
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 

@@ -1,0 +1,112 @@
+"""Checkpoints and resume: a run killed with SIGKILL and resumed ends with the same weights as an
+uninterrupted one (CPU, deterministic); half-written checkpoints are never picked up."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefkit.data.writers import write_jsonl
+from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
+from prefkit.train import checkpoint as ckpt
+from prefkit.train.config import load_config
+from prefkit.train.run import run
+from prefkit.train.trainer import Trainer
+
+QUIET = ["train.progress=false", "output.tensorboard=false", "output.plots=false"]
+
+
+@pytest.fixture
+def job(tmp_path) -> Path:
+    """A model directory, a data file and a YAML job (LoRA with dropout, so RNG state matters)."""
+    tok = copy.deepcopy(tiny_tokenizer())
+    tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    write_jsonl(tiny_pairs(12), tmp_path / "pairs.jsonl")
+    (tmp_path / "job.yaml").write_text(
+        f"model: {{path: {tmp_path / 'model'}}}\n"
+        f"data: {{train: {tmp_path / 'pairs.jsonl'}}}\n"
+        "lora: {r: 4, alpha: 8, dropout: 0.1}\n"
+        "loss: {name: dpo, beta: 0.5}\n"
+        "train: {max_steps: 8, batch_size: 4, lr: 1.0e-2, save_every: 1, keep_last: 2, warmup_steps: 2}\n")
+    return tmp_path
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "adapter_model.safetensors"))
+
+
+def test_sigkill_then_resume_matches_uninterrupted(job: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocess runs with OMP_NUM_THREADS=1 too
+    try:
+        run(load_config(job / "job.yaml", [*QUIET, f"output.dir={job / 'full'}"]))
+        killed = job / "killed"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "prefkit.cli.main", "train", "--config", str(job / "job.yaml"),
+                                 *QUIET, f"output.dir={killed}"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kill_at = random.Random().randint(2, 6)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
+            if lines and json.loads(lines[-1])["step"] >= kill_at:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "model").exists()
+        latest = ckpt.latest_checkpoint(killed)
+        assert latest is not None and int(latest.name.split("-")[1]) < 8
+        run(load_config(job / "job.yaml", [*QUIET, f"output.dir={killed}"]), resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    full, resumed = _adapter(job / "full"), _adapter(killed)
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # lines past the checkpoint were rewritten, not duplicated
+    assert len(ckpt.list_checkpoints(killed)) == 2  # keep_last
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path) -> None:
+    tok = copy.deepcopy(tiny_tokenizer())
+    cfg = load_config(overrides=[*QUIET, "output.save_model=false", "train.max_steps=4", "train.batch_size=4",
+                                 "train.lr=1e-2", "train.save_every=2", f"output.dir={tmp_path}"])
+    full = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
+    full.train()
+    final = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+    root = ckpt.checkpoint_dir(tmp_path)
+    # a killed writer's leftovers: a temporary directory and a step directory without its state file
+    for bogus in (root / ".tmp-step-00000009", root / "step-00000007"):
+        bogus.mkdir()
+        (bogus / "model.safetensors").write_bytes(b"garbage")
+    (root / "step-00000004").rename(root / "moved-away")  # resume from step 2
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
+    resumed = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
+    resumed.train(resume=True)
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(p, final[name]), name
+    assert not (root / ".tmp-step-00000009").exists()  # cleaned by the next save
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path) -> None:
+    from prefkit.errors import PrefkitError
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    cfg = load_config(overrides=[*QUIET, "train.max_steps=1", "train.batch_size=4", f"output.dir={tmp_path}"])
+    with pytest.raises(PrefkitError, match="no checkpoint"):
+        Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8)).train(resume=True)
