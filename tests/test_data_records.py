@@ -124,3 +124,15 @@ def test_cli_inspect_bad_tokenizer_dir(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is not a folder; pass a local tokenizer folder" in err and err.count("\n") == 1
     assert main(["data", "inspect", str(data), "--tokenizer", str(tmp_path)]) == 1
     assert "can't load a tokenizer from" in capsys.readouterr().err
+
+
+def test_records_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    from prefkit.data import load
+
+    records = load([{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+                     "rejected": [{"role": "assistant", "content": "b"}], "metadata": {"x": [1]}}])
+    again = pickle.loads(pickle.dumps(records))
+    assert again == records and again.rows == 1 and copy.deepcopy(records[0]) == records[0]
