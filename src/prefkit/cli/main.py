@@ -49,7 +49,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning PrefkitError into one line on stderr and exit code 1."""
     try:
-        cli.main(args=argv, prog_name="prefkit", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="prefkit", standalone_mode=False)
     except PrefkitError as err:
         click.echo(f"error: {err}", err=True)
         return 1
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
         click.echo(f"error: {err}", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
