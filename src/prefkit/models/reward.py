@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -408,24 +408,80 @@ def sequences_of(record: Record) -> list[str | tuple[Message, ...]]:
     raise DataError(f"cannot score a {type(record).__name__} record")
 
 
-def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int,
-                   truncation_side: str = "left") -> tuple[Tensor, Tensor]:
-    """Tokenize with the tokenizer's own special tokens, truncate, right-pad: (N, T) ids and mask."""
-    old_side, old_pad = tokenizer.truncation_side, tokenizer.padding_side
-    tokenizer.truncation_side, tokenizer.padding_side = truncation_side, "right"
-    try:
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
-    finally:
-        tokenizer.truncation_side, tokenizer.padding_side = old_side, old_pad
-    return enc["input_ids"], enc["attention_mask"]
+def as_text_record(record: Record, tokenizer: Any) -> Record:
+    """``record`` with chat prompt/completions rendered to transcript text when the tokenizer has no
+    chat template (encoders); unchanged otherwise. See :func:`render_text`."""
+    if not isinstance(record.prompt, tuple) or getattr(tokenizer, "chat_template", None):
+        return record
+    prompt = render_text(record.prompt, (), None)
+    done = [render_text(record.prompt + c, (), None)[len(prompt):] for c in sequences_of(record)]  # type: ignore[operator]
+    if isinstance(record, Pair):
+        return replace(record, prompt=prompt, chosen=done[0], rejected=done[1])
+    if isinstance(record, Ranking):
+        return replace(record, prompt=prompt, responses=tuple(done))
+    return replace(record, prompt=prompt, response=done[0])  # type: ignore[call-arg]
+
+
+class RewardTokens:
+    """The token ids a reward model reads, the same in training and at inference.
+
+    A sequence is the prompt and completion ids of ``prefkit.data.encode`` (no BOS/EOS added there),
+    then cut to ``max_length`` from the ``truncation_side`` and wrapped in the tokenizer's own special
+    tokens (BERT: ``[CLS] … [SEP]``; Llama-style: ``<bos> …``), so a left cut keeps both the leading
+    special token and the end of the dialogue. Chat records without a chat template are rendered as a
+    transcript first (:func:`as_text_record`).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int = 512, truncation_side: str = "left"):
+        from prefkit.data.encode import EncodeConfig, Encoder
+
+        self.tokenizer, self.max_length, self.truncation_side = tokenizer, max_length, truncation_side
+        self.encoder = Encoder(tokenizer, EncodeConfig(add_eos=False, add_bos=False))
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        at = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), 0)
+        self.prefix, self.suffix = list(full[:at]), list(full[at + len(bare):])
+        if max_length <= len(self.prefix) + len(self.suffix):
+            raise ConfigError(f"max_length {max_length} leaves no room besides the special tokens")
+
+    @property
+    def pad_id(self) -> int:
+        return self.encoder.pad_id
+
+    def wrap(self, ids: Sequence[int]) -> list[int]:
+        """Truncate (keeping ``truncation_side``'s opposite end) and add the special tokens."""
+        ids = list(ids)
+        if self.prefix and ids[:len(self.prefix)] == self.prefix:  # a chat template wrote BOS itself
+            ids = ids[len(self.prefix):]
+        room = self.max_length - len(self.prefix) - len(self.suffix)
+        ids = ids[len(ids) - room:] if self.truncation_side == "left" and len(ids) > room else ids[:room]
+        return self.prefix + ids + self.suffix
+
+    def record_ids(self, record: Record) -> list[list[int]]:
+        """One id list per sequence of ``record`` (group order)."""
+        prompt, completions = self.encoder.render(as_text_record(record, self.tokenizer))
+        return [self.wrap(prompt + c) for c in completions]
+
+    def pair_ids(self, prompt: Any, completion: Any) -> list[int]:
+        """The ids for one (prompt, completion)."""
+        return self.record_ids(Unpaired(prompt=prompt, response=completion, desirable=True))[0]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Right-pad id lists: (N, T) ids and attention mask."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        return ids, mask
 
 
 _KIND = {Pair: "pair", Ranking: "list", Rating: "rating", Unpaired: "unpaired"}
 
 
-def encode_for_reward(records: Sequence[Record], tokenizer: Any, *, max_length: int = 512,
-                      truncation_side: str = "left", attributes: Sequence[str] = ()) -> Batch:
+def encode_for_reward(records: Sequence[Record], tokens: RewardTokens, *,
+                      attributes: Sequence[str] = ()) -> Batch:
     """Collate B records of one kind into a :class:`Batch` for a reward model.
 
     Row ``g * B + b`` is sequence ``g`` of example ``b`` (pairs: chosen rows [0:B), rejected [B:2B)).
@@ -439,13 +495,11 @@ def encode_for_reward(records: Sequence[Record], tokenizer: Any, *, max_length: 
     kinds = {type(r) for r in records}
     if len(kinds) != 1:
         raise DataError(f"cannot batch different feedback kinds together: {sorted(k.__name__ for k in kinds)}")
-    groups = [sequences_of(r) for r in records]
+    groups = [tokens.record_ids(r) for r in records]
     g = len(groups[0])
     if any(len(s) != g for s in groups):
         raise DataError("rankings of different lengths cannot share a batch; group them by length first")
-    texts = [render_text(records[b].prompt, groups[b][k], tokenizer) for k in range(g)
-             for b in range(len(records))]
-    input_ids, attention_mask = tokenize_texts(tokenizer, texts, max_length, truncation_side)
+    input_ids, attention_mask = tokens.pad([groups[b][k] for k in range(g) for b in range(len(records))])
     nan = float("nan")
     strength = None
     if any(r.strength is not None for r in records):
@@ -487,14 +541,13 @@ class RewardModel(nn.Module):
         self.head = head
         self.config = config
         self.tokenizer = tokenizer
-        backbone_config = getattr(backbone, "config", None)
-        self.pooling: Pooling = config.pooling or default_pooling(backbone_config)
+        self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None))
 
     # construction ------------------------------------------------------------------------------------
 
     @classmethod
     def from_backbone(cls, backbone: str | Path | nn.Module, config: RewardModelConfig | None = None,
-                      tokenizer: Any = None) -> RewardModel:
+                      tokenizer: Any = None, *, dtype: torch.dtype | None = None) -> RewardModel:
         """A new reward model (freshly initialised head) on a backbone.
 
         ``backbone``: a local model directory (loaded with ``AutoModel``, safetensors only, no remote
@@ -506,19 +559,20 @@ class RewardModel(nn.Module):
             from transformers import AutoModel, AutoTokenizer
 
             path = _local_dir(backbone, "backbone")
-            model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+            model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                              **({"dtype": dtype} if dtype is not None else {}))
             tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
         else:
             model = backbone
         model = getattr(model, "base_model", model)
         if config.lora_r is not None:
             model = _with_lora(model, config)
-        hidden = int(model.config.hidden_size)
-        return cls(model, make_head(config, hidden), config, tokenizer)
+        head = make_head(config, int(model.config.hidden_size))
+        return cls(model, head, config, tokenizer)
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
-        """A reward model saved by :meth:`save` (backbone, tokenizer, head, config)."""
+        """A reward model saved by :meth:`save` (backbone, tokenizer, head, config), in eval mode."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -532,12 +586,10 @@ class RewardModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR)
         head = make_head(config, int(backbone.config.hidden_size))
         head.load_state_dict(load_file(str(root / HEAD_FILE)))
-        model = cls(backbone, head, config, tokenizer)
-        model.pooling = json.loads((root / CONFIG_FILE).read_text()).get("pooling") or model.pooling
-        return model.eval()
+        return cls(backbone, head, config, tokenizer).eval()
 
     def save(self, path: str | Path) -> Path:
-        """Write ``backbone/`` (safetensors + tokenizer), ``head.safetensors`` and the config.
+        """Write ``backbone/`` (safetensors + tokenizer), ``head.safetensors`` and ``reward_config.json``.
 
         A LoRA backbone is merged into plain weights first, so the saved model loads without ``peft``.
         """
@@ -559,6 +611,16 @@ class RewardModel(nn.Module):
         (root / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         return root
 
+    def save_pretrained(self, path: str | Path, **_: Any) -> Path:
+        """:meth:`save` under the name the trainer calls (``safe_serialization`` is always on)."""
+        return self.save(path)
+
+    def tokens(self) -> RewardTokens:
+        """The :class:`RewardTokens` for this model's tokenizer and length settings."""
+        if self.tokenizer is None:
+            raise ConfigError("this reward model has no tokenizer; pass one to RewardModel.from_backbone")
+        return RewardTokens(self.tokenizer, self.config.max_length, self.config.truncation_side)
+
     # forward -----------------------------------------------------------------------------------------
 
     def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -570,37 +632,34 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> RewardOutput:
         return self.head(self.features(input_ids, attention_mask))
 
-    def forward_batch(self, batch: Batch) -> RewardOutput:
-        """The head output for every row of a padded batch (row order)."""
-        if batch.layout != "padded":
-            raise ConfigError("reward models read padded batches; set layout to 'padded'")
-        return self(batch.input_ids, batch.attention_mask)
-
     # inference ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def outputs_for(self, prompts: Sequence[Any], completions: Sequence[Any], *,
                     batch_size: int = 32) -> RewardOutput:
-        """Head outputs for (prompt, completion) pairs, in input order, in eval mode."""
-        if self.tokenizer is None:
-            raise ConfigError("this reward model has no tokenizer; pass one to RewardModel.from_backbone")
+        """Head outputs (float32, CPU) for (prompt, completion) pairs, in input order, in eval mode.
+
+        Sequences are sorted by length internally so batches carry little padding.
+        """
+        tokens = self.tokens()
+        rows = [tokens.pair_ids(p, c) for p, c in zip(prompts, completions, strict=True)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         parts: list[RewardOutput] = []
         try:
-            for i in range(0, len(prompts), batch_size):
-                texts = [render_text(p, c, self.tokenizer) for p, c in
-                         zip(prompts[i:i + batch_size], completions[i:i + batch_size], strict=True)]
-                ids, mask = tokenize_texts(self.tokenizer, texts, self.config.max_length,
-                                           self.config.truncation_side)
+            for i in range(0, len(order), batch_size):
+                ids, mask = tokens.pad([rows[j] for j in order[i:i + batch_size]])
                 parts.append(self(ids.to(device), mask.to(device)))
         finally:
             self.train(was_training)
         if not parts:
             return RewardOutput(torch.zeros(0))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
         return RewardOutput(*(None if getattr(parts[0], f.name) is None
-                              else torch.cat([getattr(p, f.name) for p in parts]).float().cpu()
+                              else torch.cat([getattr(p, f.name) for p in parts]).float().cpu()[inverse]
                               for f in fields(RewardOutput)))
 
     def pair_outputs(self, records: Sequence[Pair], *, batch_size: int = 32
@@ -612,17 +671,268 @@ class RewardModel(nn.Module):
         b = len(records)
         return both.select(slice(0, b)), both.select(slice(b, 2 * b))
 
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any], *, batch_size: int = 32) -> Tensor:
+        """Scalar rewards (N,) for (prompt, completion) pairs; GPM heads have none (ConfigError)."""
+        if isinstance(self.head, GPMHead):
+            raise ConfigError("a GPM reward model has no scalar score, only pairwise preferences; use "
+                              "'prefkit rm eval' or 'prefkit bon' (which compares candidates)")
+        return self.outputs_for(prompts, completions, batch_size=batch_size).rewards
+
+    def best_of(self, prompt: Any, candidates: Sequence[Any], *, batch_size: int = 32) -> tuple[int, Tensor]:
+        """(index of the best candidate, per-candidate scores (N,)) for one prompt.
+
+        Scalar heads: the scores are the rewards. GPM: the score of candidate i is its mean win
+        probability ``mean_j σ(s(y_i ≻ y_j))`` against the other candidates. Ties go to the first.
+        """
+        out = self.outputs_for([prompt] * len(candidates), list(candidates), batch_size=batch_size)
+        if isinstance(self.head, GPMHead):
+            n = len(candidates)
+            ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+            with torch.no_grad():
+                logits = self.head.preference_logits(out.select(ii.reshape(-1)), out.select(jj.reshape(-1)))
+            win = torch.sigmoid(logits.reshape(n, n)).fill_diagonal_(0.0)  # (n, n)
+            scores = win.sum(1) / max(n - 1, 1)
+        else:
+            scores = out.rewards
+        return int(torch.argmax(scores)), scores
+
 
 def _with_lora(model: nn.Module, config: RewardModelConfig) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:  # pragma: no cover - peft is a dependency
-        raise ConfigError("lora_r needs the 'peft' package: pip install peft") from err
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0)
     return get_peft_model(model, lora)
 
 
+# -- training through prefkit.train ------------------------------------------------------------------
+
+
+def check_head_and_loss(head: HeadKind, loss_name: str, loss_kind: str) -> None:
+    """Raise ConfigError when a loss cannot train a head (checked before any model loads)."""
+    if not loss_kind.startswith("reward_"):
+        raise ConfigError(f"loss {loss_name!r} is a policy loss; a reward model needs a reward loss "
+                          "(bradley_terry, soft_bradley_terry, rao_kupper, davidson, plackett_luce, "
+                          "rm_regression, rm_multi_regression)")
+    if head == "gpm" and loss_kind != "reward_pair":
+        raise ConfigError(f"a GPM head learns from pairs only; loss {loss_name!r} is {loss_kind!r}")
+    if head == "tie" and loss_name not in ("rao_kupper", "davidson"):
+        raise ConfigError(f"head 'tie' learns its tie parameter from loss rao_kupper or davidson, "
+                          f"not {loss_name!r}")
+
+
+@dataclass
+class RewardObjective:
+    """The trainer's pluggable step for reward models: ``RewardModel`` forward -> registry reward loss.
+
+    ``prepare`` turns the trainer's encoded examples (``prefkit.data.encode``, no BOS/EOS) into reward
+    model inputs (:meth:`RewardTokens.wrap`: truncation from ``truncation_side`` and the tokenizer's
+    special tokens) and puts rating attributes in the head's order. ``__call__`` builds the loss input:
+
+    - ``reward_pair``: ``PairScores(r_chosen, r_rejected)``; for GPM ``(s/2, −s/2)`` with
+      ``s = v_cᵀ R v_r``, so the loss's ``r_c − r_r`` is the GPM preference logit; a tie head passes its
+      learned ``theta`` / ``nu``;
+    - ``reward_list``: ``ListScores`` (B, K) rewards, best first;
+    - ``reward_rating``: ``RatingScores`` of the attribute scores (B, A) (multi head) or rewards (B,).
+    """
+
+    loss_name: str
+    spec: Any
+    params: dict[str, Any]
+    tokens: RewardTokens
+    attributes: tuple[str, ...] = ()
+    needs_reference: bool = False
+    token_logps: bool = False
+
+    def prepare(self, examples: list[Any], seed: int) -> list[Any]:
+        from prefkit.data.encode import EncodedExample, EncodedSequence
+
+        out = []
+        for ex in examples:
+            seqs = [EncodedSequence([], self.tokens.wrap(s.prompt_ids + s.completion_ids)) for s in ex.sequences]
+            scores = ex.scores
+            if ex.kind == "rating" and ex.score_names is not None:
+                named = dict(zip(ex.score_names, ex.scores or (), strict=False))
+                wanted = self.attributes or ("score",)
+                scores = tuple(float(named.get(a, math.nan)) for a in wanted)
+            out.append(EncodedExample(**{**ex.__dict__, "sequences": seqs, "scores": scores,
+                                         "score_names": tuple(self.attributes or ("score",))
+                                         if ex.kind == "rating" else ex.score_names}))
+        return out
+
+    def __call__(self, model: nn.Module, batch: Batch, reference: Any = None) -> Any:
+        from prefkit.losses.reward import ListScores, PairScores, RatingScores
+        from prefkit.train.trainer import StepOutput
+
+        head = model.head
+        out = model(batch.input_ids, batch.attention_mask)
+        b, g = batch.num_examples, batch.group_size
+        kind = self.spec.kind
+        params = dict(self.params)
+        metrics: dict[str, Tensor] = {}
+        if kind == "reward_pair":
+            first, second = out.select(slice(0, b)), out.select(slice(b, 2 * b))
+            if isinstance(head, GPMHead):
+                s = head.preference_logits(first, second)  # (B,)
+                pred = PairScores(s / 2, -s / 2)
+            else:
+                pred = PairScores(first.rewards, second.rewards)
+            if isinstance(head, TieHead):
+                params.update(head.loss_params())
+        elif kind == "reward_list":
+            pred = ListScores(out.rewards.reshape(g, b).T)  # (B, K)
+        else:
+            pred = RatingScores(out.attributes if out.attributes is not None and self.attributes
+                                else out.rewards)
+        inputs = {k: getattr(batch, k) for k in ("strength", "ties", "scores") if k in self.spec.needs}
+        loss = self.spec.fn(pred, None, **inputs, **params)
+        if loss.chosen_rewards is not None and loss.rejected_rewards is not None:
+            metrics["rewards/chosen"], metrics["rewards/rejected"] = loss.chosen_rewards, loss.rejected_rewards
+            metrics["rewards/margins"] = loss.chosen_rewards - loss.rejected_rewards
+            correct = (metrics["rewards/margins"] > 0).float()
+            if batch.ties is not None:  # accuracy counts strict pairs only
+                correct = torch.where(batch.ties.bool(), torch.full_like(correct, math.nan), correct)
+            metrics["rewards/accuracies"] = correct
+        metrics.update(loss.metrics)
+        return StepOutput(loss.losses, {k: v.detach().float() for k, v in metrics.items()})
+
+
+@dataclass
+class RewardRunConfig:
+    """A reward-model training job (``prefkit rm train --config FILE``): the trainer's sections plus
+    ``reward`` (the head). Data, loss, train and output sections mean what they mean for
+    ``prefkit train``; ``loss`` must be a reward loss."""
+
+    model: Any = None
+    """The backbone: ``model.path`` a local Hugging Face model directory (encoder or decoder)."""
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Head, pooling, max_length, truncation side, LoRA (``RewardModelConfig``)."""
+    data: Any = None
+    """Training and evaluation data (as for ``prefkit train``)."""
+    loss: Any = None
+    """A reward loss and its parameters (default ``bradley_terry``)."""
+    train: Any = None
+    """Optimisation and the loop (as for ``prefkit train``)."""
+    output: Any = None
+    """Run directory; the reward model is saved in ``<dir>/model`` and the evaluation report beside."""
+    eval_by: str | None = None
+    """Column to break evaluation accuracy down by (a record field or metadata key), e.g. ``subset``."""
+
+    def __post_init__(self) -> None:
+        from prefkit.train.config import DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
+
+        self.model = self.model or ModelConfig()
+        self.data = self.data or DataConfig()
+        self.loss = self.loss or LossConfig(name="bradley_terry")
+        self.train = self.train or TrainConfig()
+        self.output = self.output or OutputConfig(dir="runs/rm")
+
+    def run_config(self) -> Any:
+        """The equivalent ``prefkit.train.RunConfig`` (encoding without BOS/EOS or length limit: the
+        reward objective adds special tokens and truncates)."""
+        from prefkit.data.encode import EncodeConfig
+        from prefkit.train.config import RunConfig
+
+        return RunConfig(model=self.model, data=self.data, encode=EncodeConfig(add_eos=False, add_bos=False),
+                         loss=self.loss, train=self.train, output=self.output)
+
+
+_SECTIONS = ("model", "reward", "data", "loss", "train", "output", "eval_by")
+
+
+def load_reward_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RewardRunConfig:
+    """Read a reward-model job from YAML plus ``key=value`` overrides; unknown keys are errors."""
+    from prefkit.losses.registry import get_loss
+    from prefkit.train.config import (
+        DataConfig,
+        LossConfig,
+        ModelConfig,
+        OutputConfig,
+        TrainConfig,
+        check_loss,
+        from_dict,
+        merge,
+        parse_overrides,
+        read_yaml,
+    )
+
+    raw = merge(read_yaml(path) if path else {}, parse_overrides(overrides))
+    for key in raw:
+        if key not in _SECTIONS:
+            raise ConfigError(f"unknown config section {key!r}{did_you_mean(key, _SECTIONS)}; "
+                              f"valid sections: {list(_SECTIONS)}")
+    loss_raw = dict(raw.get("loss") or {})
+    loss_raw.setdefault("name", "bradley_terry")
+    output_raw = dict(raw.get("output") or {})
+    output_raw.setdefault("dir", "runs/rm")
+    reward = raw.get("reward") or {}
+    if not isinstance(reward, Mapping):
+        raise ConfigError(f"reward: expected a mapping, got {reward!r}")
+    cfg = RewardRunConfig(
+        model=from_dict(ModelConfig, raw.get("model") or {}, "model."),
+        reward=RewardModelConfig.from_dict(reward),
+        data=from_dict(DataConfig, raw.get("data") or {}, "data."),
+        loss=from_dict(LossConfig, loss_raw, "loss."),
+        train=from_dict(TrainConfig, raw.get("train") or {}, "train."),
+        output=from_dict(OutputConfig, output_raw, "output."),
+        eval_by=raw.get("eval_by"),
+    )
+    spec = get_loss(cfg.loss.name)
+    check_head_and_loss(cfg.reward.head, cfg.loss.name, spec.kind)
+    check_loss(cfg.run_config())
+    return cfg
+
+
+def train_reward_model(config: RewardRunConfig, *, resume: bool = False,
+                       train_records: Sequence[Record] | None = None,
+                       eval_records: Sequence[Record] | None = None,
+                       model: RewardModel | None = None) -> tuple[RewardModel, dict[str, float]]:
+    """Train a reward model with ``prefkit.train.Trainer`` and a :class:`RewardObjective`.
+
+    Reads ``config.data`` unless records are given; builds the model from ``config.model.path`` unless
+    one is given. Saves the model in ``<output.dir>/model`` (see :meth:`RewardModel.save`). Returns the
+    trained model and the trainer's final metrics.
+    """
+    from prefkit.losses.registry import get_loss
+    from prefkit.train.run import check_run_dir, read_data
+    from prefkit.train.trainer import Trainer
+
+    run_cfg = config.run_config()
+    spec = get_loss(config.loss.name)
+    check_head_and_loss(config.reward.head, config.loss.name, spec.kind)
+    if train_records is None:
+        check_run_dir(run_cfg, resume)
+        train_records, eval_records = read_data(run_cfg)
+    if model is None:
+        if not config.model.path:
+            raise ConfigError("no backbone; set model.path to a local Hugging Face model directory")
+        from transformers import set_seed
+
+        set_seed(config.train.seed)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.model.dtype]
+        model = RewardModel.from_backbone(config.model.path, config.reward, dtype=dtype)
+        if config.model.tokenizer:
+            from transformers import AutoTokenizer
+
+            model.tokenizer = AutoTokenizer.from_pretrained(_local_dir(config.model.tokenizer, "tokenizer"))
+    tokens = model.tokens()
+    keep = _KIND_OF_LOSS[spec.kind]
+    train_records = [as_text_record(r, tokens.tokenizer) for r in train_records if isinstance(r, keep)]
+    eval_records = [as_text_record(r, tokens.tokenizer) for r in (eval_records or []) if isinstance(r, keep)]
+    if not train_records:
+        raise DataError(f"no {keep.__name__} records in the training data for loss {config.loss.name!r}")
+    objective = RewardObjective(config.loss.name, spec, dict(config.loss.params), tokens,
+                                tuple(config.reward.attributes))
+    trainer = Trainer(run_cfg, model, tokens.tokenizer, train_records, eval_records, objective=objective)
+    summary = trainer.train(resume=resume)
+    return model, summary
+
+
+_KIND_OF_LOSS: dict[str, type] = {"reward_pair": Pair, "reward_list": Ranking, "reward_rating": Rating}
+
+
 __all__ = ["Pooling", "HeadKind", "RewardOutput", "RewardHead", "ScalarHead", "MultiObjectiveHead",
-           "TieHead", "GPMHead", "RewardModelConfig", "RewardModel", "make_head", "pool", "last_index",
-           "render_text", "encode_for_reward", "tokenize_texts", "sequences_of", "default_pooling"]
+           "TieHead", "GPMHead", "RewardModelConfig", "RewardModel", "RewardTokens", "RewardObjective",
+           "RewardRunConfig", "load_reward_config", "train_reward_model", "check_head_and_loss", "make_head",
+           "pool", "last_index", "render_text", "as_text_record", "encode_for_reward", "sequences_of",
+           "default_pooling"]
