@@ -358,7 +358,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             from rich.console import Console
 
-            Console(stderr=True).print(f"[dim]prefkit:[/dim] {message}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(f"[dim]prefkit:[/dim] {message}", highlight=False)
 
     # -- one batch ------------------------------------------------------------------------------------------
 
