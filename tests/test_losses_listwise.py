@@ -178,3 +178,19 @@ def test_plackett_luce_nll_matches_product_of_choices() -> None:
     expected = -sum(torch.log_softmax(s[0, k:], -1)[0] for k in range(4))
     assert listwise.plackett_luce_nll(s).item() == pytest.approx(expected.item())
     assert math.isclose(listwise.plackett_luce_nll(s[:, :1]).item(), 0.0)
+
+
+@pytest.mark.parametrize("fn", [listwise.lipo, listwise.listnet, listwise.pro])
+def test_rows_without_scores_fall_back(fn) -> None:
+    """The collator fills lists without scores with NaN: those rows use rank labels (or PRO's constant
+    temperature), other rows their scores; values and gradients stay finite."""
+    policy, reference = random_lists(2, 3, seed=4)
+    policy = ListLogps(policy.logps.requires_grad_(), policy.tokens)
+    nan = float("nan")
+    mixed = fn(policy, reference, scores=torch.tensor([[5.0, 2.0, 1.0], [nan, nan, nan]]))
+    scored = fn(policy, reference, scores=torch.tensor([[5.0, 2.0, 1.0], [5.0, 2.0, 1.0]]))
+    unscored = fn(policy, reference)
+    assert mixed.losses[0].item() == pytest.approx(scored.losses[0].item())
+    assert mixed.losses[1].item() == pytest.approx(unscored.losses[1].item())
+    mixed.losses.sum().backward()
+    assert torch.isfinite(policy.logps.grad).all()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from prefkit.errors import DataError
 from prefkit.losses import reward
 from prefkit.losses.reward import ListScores, PairScores, RatingScores
 
@@ -133,3 +134,16 @@ def test_rm_multi_regression_golden_with_missing_attributes() -> None:
 def test_regression_needs_scores() -> None:
     with pytest.raises(ValueError, match="scores"):
         reward.rm_regression(RatingScores(torch.zeros(2)), None)
+    with pytest.raises(DataError, match="rm_multi_regression"):
+        reward.rm_regression(RatingScores(torch.zeros(2)), None, scores=torch.tensor([1.0, NAN]))
+
+
+def test_missing_strength_is_no_margin_and_hard_label() -> None:
+    """The collator writes NaN strength for pairs without one: BT uses no margin, soft BT uses p = 1."""
+    pred = pairs([1.0, 2.0], [0.0, 0.0])
+    strength = torch.tensor([NAN, 0.5], dtype=torch.float64)
+    bt = reward.bradley_terry(pred, None, strength=strength, margin_scale=1.0)
+    assert bt.losses.tolist() == pytest.approx([math.log1p(math.exp(-1.0)), math.log1p(math.exp(-1.5))])
+    soft = reward.soft_bradley_terry(pred, None, strength=strength)
+    assert soft.losses[0].item() == pytest.approx(math.log1p(math.exp(-1.0)))
+    assert torch.isfinite(soft.losses).all()

@@ -42,6 +42,20 @@ def rank_labels(logps: Tensor) -> Tensor:
     return psi.expand_as(logps)
 
 
+def graded_labels(scores: Tensor | None, like: Tensor) -> Tensor:
+    """Graded labels ψ (B, K) typed like ``like``: ``scores``, with rank labels for rows without scores.
+
+    A row is "without scores" when ``scores`` is None or the row holds a NaN (the collator fills lists
+    that have no scores with NaN when other lists in the batch have them).
+    """
+    ranks = rank_labels(like)
+    if scores is None:
+        return ranks
+    psi = as_float(scores, like)  # (B, K)
+    missing = torch.isnan(psi).any(-1, keepdim=True)  # (B, 1)
+    return torch.where(missing, ranks, psi)
+
+
 def _list_output(losses: Tensor, rewards: Tensor, **metrics: Tensor) -> LossOutput:
     rewards = rewards.detach()  # (B, K)
     return LossOutput(losses=losses, chosen_rewards=rewards[:, 0], rejected_rewards=rewards[:, 1:].mean(-1),
@@ -102,8 +116,8 @@ def lipo(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | Non
         LambdaLoss).
 
     Shapes: policy.logps, reference.logps (B, K), items best first; ``scores`` (B, K) graded labels ψ,
-    higher = better. When ``scores`` is None, ψ_k = K − 1 − k (the ranking alone; all pairs ordered).
-    Pairs with equal labels contribute nothing.
+    higher = better. When ``scores`` is None (or a row holds NaN), ψ_k = K − 1 − k (the ranking alone;
+    all pairs ordered). Pairs with equal labels contribute nothing.
 
     Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are s_i (detached).
     Typical β: 0.05–0.5; δ (hinge margin, in units of s): 1.
@@ -112,7 +126,7 @@ def lipo(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | Non
     the number of pairs); the ranks τ_i come from the detached current scores, ties broken by position.
     """
     s = beta * _logratios(policy, reference)  # (B, K)
-    psi = rank_labels(s) if scores is None else as_float(scores, s)  # (B, K)
+    psi = graded_labels(scores, s)  # (B, K)
     diff = s[:, :, None] - s[:, None, :]  # (B, K, K) s_i − s_j
     ordered = psi[:, :, None] > psi[:, None, :]  # (B, K, K) ψ_i > ψ_j
     if form == "logistic":
@@ -130,6 +144,7 @@ def lipo(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | Non
             discounts = 1 / torch.log2(1 + ranks.to(s.dtype))  # (B, K) 1/D(τ_i)
             weights = ((gains[:, :, None] - gains[:, None, :]).abs()
                        * (discounts[:, :, None] - discounts[:, None, :]).abs())  # (B, K, K)
+            weights = torch.where(ordered, weights, torch.zeros_like(weights))
         pair_losses = weights * pair_losses
     elif weighting != "none":
         raise ValueError(f"lipo: weighting must be 'lambda' or 'none', got {weighting!r}")
@@ -154,7 +169,8 @@ def pro(policy: ListLogps, reference: ListLogps | None = None, *, scores: Tensor
         the L_PRO objective with the dynamic temperature T_k^i, plus β·L_SFT (our w is the paper's β).
 
     Shapes: policy.logps, policy.tokens (B, K), items best first; ``scores`` (B, K) reward scores ψ,
-    higher = better, used only with ``dynamic_temperature=True``. ``reference`` is ignored.
+    higher = better, used only with ``dynamic_temperature=True`` (rows holding NaN use the constant
+    temperature). ``reference`` is ignored.
 
     Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are r_i (detached).
     Typical values: w (sft_weight) 0.05, T 1.
@@ -167,15 +183,17 @@ def pro(policy: ListLogps, reference: ListLogps | None = None, *, scores: Tensor
     k = r.shape[-1]
     idx = torch.arange(k, device=r.device)
     later = idx[None, :] > idx[:, None]  # (K, K) [k, i]: i > k
+    logits = (r / temperature)[:, None, :].expand(-1, k, -1)  # (B, K, K) constant temperature
     if scores is not None and dynamic_temperature:
         psi = as_float(scores, r)  # (B, K)
+        scored = ~torch.isnan(psi).any(-1)  # (B,) rows without scores keep the constant temperature
+        psi = torch.nan_to_num(psi)
         gaps = (psi[:, :, None] - psi[:, None, :]).clamp(min=0)  # (B, K, K) [k, i]: ψ_k − ψ_i
         gaps = torch.where(later, gaps, torch.zeros_like(gaps))
         self_inv_t = gaps.max(dim=-1).values  # (B, K) 1/T_k^k
         inv_t = torch.where(idx[None, :] == idx[:, None], self_inv_t[:, :, None], gaps)  # (B, K, K)
-        logits = r[:, None, :] * inv_t  # (B, K, K) [k, i]: r_i / T_k^i
-    else:
-        logits = (r / temperature)[:, None, :].expand(-1, k, -1)  # (B, K, K)
+        dynamic = r[:, None, :] * inv_t  # (B, K, K) [k, i]: r_i / T_k^i
+        logits = torch.where(scored[:, None, None], dynamic, logits)
     considered = idx[None, :] >= idx[:, None]  # (K, K) [k, i]: i >= k
     logits = torch.where(considered, logits, torch.full_like(logits, float("-inf")))
     own = torch.diagonal(logits, dim1=-2, dim2=-1)  # (B, K) r_k / T_k^k
@@ -200,7 +218,7 @@ def listnet(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | 
         as in LiPO's learning-to-rank framing (arXiv 2402.01878).
 
     Shapes: policy.logps, reference.logps (B, K), items best first; ``scores`` (B, K) graded labels ψ,
-    higher = better; when None, ψ_k = K − 1 − k.
+    higher = better; when None (or a row holds NaN), ψ_k = K − 1 − k.
 
     Sign convention: log-probs are log-likelihoods; the loss is minimised (its minimum is the entropy of
     P_ψ, not 0); rewards are s_i (detached). Typical β: 0.1; t (label_temperature): 1.
@@ -209,10 +227,10 @@ def listnet(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | 
     outputs; the label temperature t is our addition (t = 1 is the paper).
     """
     s = beta * _logratios(policy, reference)  # (B, K)
-    psi = rank_labels(s) if scores is None else as_float(scores, s)  # (B, K)
+    psi = graded_labels(scores, s)  # (B, K)
     target = torch.softmax(psi / label_temperature, dim=-1)  # (B, K)
     losses = -(target * torch.log_softmax(s, dim=-1)).sum(-1)
     return _list_output(losses, s)
 
 
-__all__ = ["pl_dpo", "lipo", "pro", "listnet", "plackett_luce_nll", "rank_labels"]
+__all__ = ["pl_dpo", "lipo", "pro", "listnet", "plackett_luce_nll", "rank_labels", "graded_labels"]

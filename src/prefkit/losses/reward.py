@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prefkit.errors import DataError
 from prefkit.losses.listwise import plackett_luce_nll
 from prefkit.losses.types import LossOutput, as_float
 
@@ -89,7 +90,7 @@ def bradley_terry(pred: PairScores, reference: None = None, *, strength: Tensor 
         η·(r_w + r_l)², as in TRL's ``center_rewards_coefficient``).
 
     Shapes: pred.chosen, pred.rejected (B,); ``strength`` (B,) margin per pair (e.g. a rating gap),
-    optional. ``ties`` and ``scores`` are ignored: tie pairs are trained as chosen ≻ rejected (use
+    optional; NaN (a pair without strength in a batch where others have one) means no margin. ``ties`` and ``scores`` are ignored: tie pairs are trained as chosen ≻ rejected (use
     ``soft_bradley_terry``, ``rao_kupper`` or ``davidson`` for ties).
 
     Sign convention: higher score = better; the loss is minimised. Typical η (center_coef): 0.01.
@@ -99,7 +100,7 @@ def bradley_terry(pred: PairScores, reference: None = None, *, strength: Tensor 
     """
     margin = pred.chosen - pred.rejected  # (B,)
     if strength is not None and margin_scale != 0.0:
-        margin = margin - margin_scale * as_float(strength, margin)
+        margin = margin - margin_scale * torch.nan_to_num(as_float(strength, margin))  # NaN: no margin
     losses = F.softplus(-margin)  # −log σ(Δ − m)
     if center_coef != 0.0:
         losses = losses + center_coef * (pred.chosen + pred.rejected) ** 2
@@ -121,7 +122,8 @@ def soft_bradley_terry(pred: PairScores, reference: None = None, *, strength: Te
         Sec. 2.2.3 (Eq. 1 and the cross-entropy loss with the label distribution μ; μ uniform for
         "equally preferable").
 
-    Shapes: pred.chosen, pred.rejected (B,); ``strength`` (B,) p in [0, 1]; ``ties`` (B,) bool.
+    Shapes: pred.chosen, pred.rejected (B,); ``strength`` (B,) p in [0, 1], NaN = no strength (p = 1);
+    ``ties`` (B,) bool.
 
     Sign convention: higher score = better; the loss is minimised (its minimum is the entropy of p,
     not 0). With p = 1 this is ``bradley_terry`` without margin.
@@ -130,6 +132,7 @@ def soft_bradley_terry(pred: PairScores, reference: None = None, *, strength: Te
     """
     margin = pred.chosen - pred.rejected  # (B,)
     p = torch.ones_like(margin) if strength is None else as_float(strength, margin)  # (B,)
+    p = torch.where(torch.isnan(p), torch.ones_like(p), p)  # a pair without strength is a hard label
     p = torch.where(_tie_mask(ties, margin), torch.full_like(p, 0.5), p)
     losses = p * F.softplus(-margin) + (1 - p) * F.softplus(margin)
     return _pair_output(losses, pred)
@@ -253,13 +256,17 @@ def rm_regression(pred: RatingScores, reference: None = None, *, strength: Tenso
         arXiv 2410.01257: regression reward models trained with MSE on Likert ratings.
 
     Shapes: pred.pred (B,) or (B, A); ``scores`` the targets, the same shape (a trailing 1 is squeezed).
-    Every target must be present (use ``rm_multi_regression`` for missing attributes).
+    Every target must be present: a NaN raises ``DataError`` (use ``rm_multi_regression`` for missing
+    attributes). The check reads the targets on the host (one device sync per call).
 
     Sign convention: higher score = better; the loss is minimised. ``rewards`` = detached predictions.
 
     Deviations from the paper: none (rescale ratings in the data if the paper's scale is wanted).
     """
     target = _targets(scores, pred.pred, "rm_regression")
+    if torch.isnan(target).any():
+        raise DataError("rm_regression: a rating is missing (NaN); drop unrated examples or use loss "
+                        "rm_multi_regression, which skips missing attributes")
     sq = (pred.pred - target) ** 2
     losses = sq if sq.dim() == 1 else sq.mean(-1)  # (B,)
     return LossOutput(losses=losses, rewards=pred.pred.detach())
