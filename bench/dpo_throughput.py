@@ -250,10 +250,12 @@ def run_trl(w: Workload) -> dict:
     mem = PeakRss() if w.device == "cpu" else None
 
     class Trainer(trl.DPOTrainer):
-        def _get_train_sampler(self, train_dataset=None):  # our data order, no shuffling
-            return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            step = len(tokens)
+            ours = collate(data[step * w.batch_size:(step + 1) * w.batch_size], "cpu")
+            for row, (theirs, mask) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"], strict=True)):
+                expected = ours.input_ids[row][ours.attention_mask[row].bool()].tolist()
+                assert theirs[mask.bool()].tolist() == expected, f"TRL step {step} row {row}: other tokens"
             tokens.append(int(inputs["attention_mask"].sum()))
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = out[0] if isinstance(out, tuple) else out
@@ -280,7 +282,7 @@ def run_trl(w: Workload) -> dict:
             report_to=[], save_strategy="no", bf16=w.device == "cuda", use_cpu=w.device == "cpu",
             max_length=None, beta=w.beta, loss_type=["sigmoid"], max_grad_norm=1.0, weight_decay=0.0,
             adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", seed=w.seed,
-            disable_tqdm=True, dataloader_num_workers=0,
+            disable_tqdm=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
         )
         trainer = Trainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[Timer()])
