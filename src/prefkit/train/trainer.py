@@ -19,6 +19,7 @@ checkpoints.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -262,7 +263,9 @@ class Trainer:
         from accelerate import Accelerator
 
         self.config, self.tokenizer = config, tokenizer
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision)
+        # Several processes and no GPU (``accelerate launch --num_processes 2`` on CPU): gloo on CPU.
+        cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
         self.device = self.accelerator.device
         self.run_dir = Path(config.output.dir)
         self.objective = objective or make_objective(config)
