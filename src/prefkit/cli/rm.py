@@ -1,7 +1,150 @@
-"""``prefkit rm`` subcommands (placeholder until implemented)."""
+"""``prefkit rm`` (train / eval / score a reward model) and ``prefkit bon`` (best-of-N).
+
+Thin wrappers over ``prefkit.models.reward`` (training through ``prefkit.train.Trainer``),
+``prefkit.eval.reward`` (the evaluation report) and ``prefkit.eval.best_of_n``.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-commands: dict[str, click.Command] = {}
+from prefkit.errors import ConfigError, DataError
+
+
+def _offline() -> None:
+    """CLI-only process settings: never reach the Hugging Face hub (models load from local folders, so
+    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` default to 1) and no weight-loading progress bars."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _load_model(path: str):
+    from prefkit.models.reward import RewardModel
+
+    return RewardModel.load(path)
+
+
+def _load_data(path: str, limit: int | None):
+    from prefkit.data.readers import load
+
+    records = list(load(path))
+    return records[:limit] if limit else records
+
+
+@click.group(name="rm", context_settings={"help_option_names": ["-h", "--help"]})
+def rm() -> None:
+    """Reward models: train, evaluate, score data."""
+
+
+@rm.command(name="train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="YAML job: model, reward, data, loss, train, output sections.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output.dir.")
+@click.option("--no-eval", is_flag=True, help="Skip the evaluation report on the eval data after training.")
+@click.argument("overrides", nargs=-1)
+def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[str, ...]) -> None:
+    """Train a reward model. OVERRIDES are key=value pairs, e.g. train.lr=3e-5 reward.max_length=256.
+
+    The model is saved in OUTPUT_DIR/model; with eval data, the evaluation report (table, rm_eval.json,
+    reliability.png, margins.png) goes to OUTPUT_DIR/eval.
+    """
+    import time
+
+    from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
+    from prefkit.models.reward import load_reward_config, train_reward_model
+    from prefkit.train.run import check_run_dir, read_data
+
+    _offline()
+    cfg = load_reward_config(config_path, overrides)
+    check_run_dir(cfg.run_config(), resume)
+    train, evaluation = read_data(cfg.run_config())
+    start = time.perf_counter()
+    model, summary = train_reward_model(cfg, resume=resume, train_records=train, eval_records=evaluation)
+    click.echo(f"trained in {time.perf_counter() - start:.0f} s; model saved to {Path(cfg.output.dir) / 'model'}")
+    if evaluation and not no_eval:
+        report = evaluate_reward_model(model, evaluation, by=cfg.eval_by)
+        print_report(report)
+        paths = write_report(report, Path(cfg.output.dir) / "eval")
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@rm.command(name="eval")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out_dir", default="rm_eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for rm_eval.json, reliability.png and margins.png.")
+@click.option("--by", default=None, help="Subset/category column for a per-value breakdown (a record "
+              "field such as source, or a metadata key).")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N records.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--bins", type=int, default=10, show_default=True, help="Calibration bins.")
+@click.option("--length-buckets", type=int, default=4, show_default=True)
+@click.option("--no-plots", is_flag=True, help="Write only the JSON report.")
+def eval_cmd(model_dir: str, data: str, out_dir: str, by: str | None, limit: int | None, batch_size: int,
+             bins: int, length_buckets: int, no_plots: bool) -> None:
+    """Evaluate a reward model on the preference pairs in DATA: accuracy table (overall, per subset, per
+    length bucket, beside the longer/shorter-wins baselines), calibration (ECE, reliability diagram),
+    margin histogram, tie accuracy."""
+    from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
+
+    _offline()
+    if batch_size < 1 or bins < 1 or length_buckets < 1:
+        raise ConfigError("--batch-size, --bins and --length-buckets must be >= 1")
+    model = _load_model(model_dir)
+    records = _load_data(data, limit)
+    report = evaluate_reward_model(model, records, by=by, batch_size=batch_size, num_bins=bins,
+                                   num_length_buckets=length_buckets)
+    print_report(report)
+    paths = write_report(report, out_dir, plots=not no_plots)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@rm.command(name="score")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--key", default="rm_score", show_default=True, help="Metadata key prefix for the scores.")
+@click.option("--limit", type=int, default=None, help="Score only the first N records.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def score_cmd(model_dir: str, data: str, out: str, key: str, limit: int | None, batch_size: int) -> None:
+    """Add reward-model scores to every record of DATA and write OUT (.jsonl, .jsonl.gz or .parquet).
+
+    Ratings/unpaired: metadata.KEY; pairs: KEY_chosen, KEY_rejected, KEY_margin; rankings: KEYs."""
+    from prefkit.data.writers import write
+    from prefkit.models.reward import score_records
+
+    _offline()
+    if not out.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        raise DataError(f"unsupported output type {out!r}; use .jsonl, .jsonl.gz or .parquet")
+    model = _load_model(model_dir)
+    records = _load_data(data, limit)
+    n = write(score_records(model, records, batch_size=batch_size, key=key), out)
+    click.echo(f"wrote {n} scored records to {out}")
+
+
+@click.command(name="bon", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def bon(model_dir: str, data: str, out: str, batch_size: int) -> None:
+    """Best-of-N: for each row of DATA (prompt + candidates list), keep the candidate the reward model
+    scores highest. Writes OUT (.jsonl or .parquet) with best, best_index, scores, worst_index."""
+    from prefkit.eval.best_of_n import best_of_n, parse_candidates, read_rows, write_rows
+
+    _offline()
+    rows = read_rows(data)
+    for i, row in enumerate(rows):  # every row checked before the model loads
+        parse_candidates(row, f"{Path(data).name} row {i}")
+    model = _load_model(model_dir)
+    n = write_rows(best_of_n(model, rows, batch_size=batch_size, source=Path(data).name), out)
+    click.echo(f"wrote {n} best-of-N rows to {out}")
+
+
+commands: dict[str, click.Command] = {"rm": rm, "bon": bon}

@@ -697,6 +697,45 @@ class RewardModel(nn.Module):
         return int(torch.argmax(scores)), scores
 
 
+def score_records(model: RewardModel, records: Sequence[Record], *, batch_size: int = 32,
+                  key: str = "rm_score") -> list[Record]:
+    """Copies of ``records`` with reward-model scores added to ``metadata``.
+
+    Ratings and unpaired records get ``metadata[key]``; pairs ``{key}_chosen``, ``{key}_rejected`` and
+    ``{key}_margin`` (the preference logit, which GPM models also have); rankings ``{key}s`` (a list in
+    response order). Scalar heads only for the per-response keys (GPM pairs get just the margin).
+    """
+    prompts: list[Any] = []
+    completions: list[Any] = []
+    for r in records:
+        seqs = sequences_of(r)
+        prompts += [r.prompt] * len(seqs)
+        completions += seqs
+    out = model.outputs_for(prompts, completions, batch_size=batch_size)
+    gpm = isinstance(model.head, GPMHead)
+    if gpm and any(not isinstance(r, Pair) for r in records):
+        raise ConfigError("a GPM reward model scores pairs only (it has no per-response score)")
+    result: list[Record] = []
+    at = 0
+    for r in records:
+        n = len(sequences_of(r))
+        part = out.select(slice(at, at + n))
+        at += n
+        meta = dict(r.metadata or {})
+        if isinstance(r, Pair):
+            with torch.no_grad():
+                margin = model.head.preference_logits(part.select(slice(0, 1)), part.select(slice(1, 2)))
+            if not gpm:
+                meta[f"{key}_chosen"], meta[f"{key}_rejected"] = (float(part.rewards[0]), float(part.rewards[1]))
+            meta[f"{key}_margin"] = float(margin[0])
+        elif isinstance(r, Ranking):
+            meta[f"{key}s"] = [float(x) for x in part.rewards]
+        else:
+            meta[key] = float(part.rewards[0])
+        result.append(replace(r, metadata=meta))
+    return result
+
+
 def _with_lora(model: nn.Module, config: RewardModelConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -933,6 +972,6 @@ _KIND_OF_LOSS: dict[str, type] = {"reward_pair": Pair, "reward_list": Ranking, "
 
 __all__ = ["Pooling", "HeadKind", "RewardOutput", "RewardHead", "ScalarHead", "MultiObjectiveHead",
            "TieHead", "GPMHead", "RewardModelConfig", "RewardModel", "RewardTokens", "RewardObjective",
-           "RewardRunConfig", "load_reward_config", "train_reward_model", "check_head_and_loss", "make_head",
+           "RewardRunConfig", "load_reward_config", "score_records", "train_reward_model", "check_head_and_loss", "make_head",
            "pool", "last_index", "render_text", "as_text_record", "encode_for_reward", "sequences_of",
            "default_pooling"]
