@@ -81,3 +81,12 @@ def test_cli_missing_config_file(tmp_path, capsys) -> None:
 def test_all_keys_lists_sections() -> None:
     keys = all_keys()
     assert {"train.lr", "loss.name", "model.path", "reference.mode", "encode.max_length"} <= set(keys)
+
+
+def test_docs_config_reference_is_current() -> None:
+    from prefkit.train.config import DOCS_PATH, docs_with_reference
+
+    if not DOCS_PATH.is_file():
+        pytest.skip("docs/training.md not present")
+    text = DOCS_PATH.read_text()
+    assert docs_with_reference(text) == text, "regenerate: python -m prefkit.train.config --write-docs"

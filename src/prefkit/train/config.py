@@ -461,11 +461,53 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     return cfg
 
 
+def config_reference() -> str:
+    """Markdown tables of every config key, default and docstring (``docs/training.md`` embeds this)."""
+    lines = []
+    for section in dataclasses.fields(RunConfig):
+        cls = _hints(RunConfig)[section.name]
+        lines += [f"### `{section.name}`", "", field_docs(RunConfig).get(section.name, ""), "",
+                  "| key | default | meaning |", "|---|---|---|"]
+        default = cls()
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if cls is LossConfig and f.name == "params":
+                lines.append("| `loss.<param>` | per loss | the loss's parameters (`prefkit losses` lists them) |")
+                continue
+            value = getattr(default, f.name)
+            shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
+                                   default_flow_style=True).strip().removesuffix("...").strip()
+            doc = docs.get(f.name, "").replace("|", "\\|")
+            lines.append(f"| `{section.name}.{f.name}` | `{shown}` | {doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+DOCS_PATH = Path(__file__).resolve().parents[3] / "docs" / "training.md"
+DOCS_START, DOCS_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def docs_with_reference(text: str) -> str:
+    """``text`` with the block between the config-reference markers replaced by :func:`config_reference`."""
+    head, _, rest = text.partition(DOCS_START)
+    _, _, tail = rest.partition(DOCS_END)
+    return f"{head}{DOCS_START}\n\n{config_reference()}\n{DOCS_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m prefkit.train.config --write-docs
+    import sys
+
+    if sys.argv[1:] == ["--write-docs"]:
+        DOCS_PATH.write_text(docs_with_reference(DOCS_PATH.read_text()))
+    else:
+        print(config_reference())
+
+
 __all__ = ["RunConfig", "ModelConfig", "LoraConfig", "ReferenceConfig", "DataConfig", "LossConfig",
            "TrainConfig", "OutputConfig", "EncodeConfig", "load_config", "from_dict", "to_dict",
-           "dump_config", "parse_overrides", "field_docs", "all_keys", "check_loss"]
+           "dump_config", "config_reference", "parse_overrides", "field_docs", "all_keys", "check_loss"]
