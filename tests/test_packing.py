@@ -74,16 +74,19 @@ UNEVEN = ([5, 1, 9], [[4, 1], [1, 7], [12, 3]])  # one-token prompt, one-token c
 LISTS = ([3, 6], [[2, 5, 1, 8], [4, 4, 9, 1]])  # lists of 4 items
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize(("attn", "attention"), [("eager", "segments"), ("sdpa", "dense"), ("eager", "dense")])
 @pytest.mark.parametrize("share_prefix", [False, True])
 @pytest.mark.parametrize("shape", [UNEVEN, LISTS], ids=["pairs-uneven", "lists-of-4"])
-def test_fp32_values_and_grads_match_padded(attn, share_prefix, shape):
+def test_fp32_values_and_grads_match_padded(attn, attention, share_prefix, shape):
+    """The padded model vs the fast path with each attention backend (dense: bool / float masks)."""
     model = _model(attn)
     batch = _batch(*shape, kind="pair" if len(shape[1][0]) == 2 else "list")
     weights = torch.randn(batch.num_sequences, generator=torch.Generator().manual_seed(3))
     ref_logps, ref_tokens = _naive(model, batch)
     ref_grads = _grads(model, (ref_logps * weights).sum())
-    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=7, token_logps=True)
+    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=7, token_logps=True,
+                                attention=attention)
+    assert model.config._attn_implementation == attn  # restored after segment attention
     torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.tokens, batch.completion_mask.sum(1).float())
     torch.testing.assert_close(out.token_logps, ref_tokens.detach(),

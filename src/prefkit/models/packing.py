@@ -15,17 +15,19 @@ Three ideas, each exact (the log-probs equal the padded computation up to float 
    through the output layer, via :func:`prefkit.models.chunked.target_logps`, so the full
    ``(tokens, vocab)`` logits are never built.
 
-Attention backends (chosen from ``model.config._attn_implementation``):
+Attention backends (``attention="auto"`` picks from ``model.config._attn_implementation``):
 
 - ``flash_attention_*`` (varlen kernels), no prefix sharing: one row, ``position_ids`` only;
   transformers derives ``cu_seqlens`` from the position-id restarts. Exactly no padding.
 - ``flex_attention`` on CUDA: a FlexAttention ``BlockMask`` built from a mask function (block-sparse:
-  fully masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13, so on CPU the
-  dense path below is used.
-- ``sdpa`` / ``eager`` (and anything else): a dense 4D mask per row, boolean for SDPA, additive float
-  for eager. A dense mask costs attention over the whole row, so sequences are bin-packed
-  (first-fit decreasing) into rows no longer than the longest packed unit (``max_row_tokens`` to
-  override); the rows carry a few padding tokens at their ends, far fewer than right padding.
+  fully masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13.
+- ``segments`` (the default otherwise, for models whose layers are all full attention): one row, and
+  :mod:`prefkit.models.attention` runs one SDPA call per segment (causal per sequence; a completion
+  against ``[prompt, itself]``), so nothing outside the segments is computed, on CPU and GPU alike.
+- ``dense`` (explicit, or for sliding-window models): a dense 4D mask per row, boolean for SDPA,
+  additive float for eager. A dense mask costs attention over the whole row, so sequences are
+  bin-packed (first-fit decreasing) into rows no longer than the longest packed unit
+  (``max_row_tokens`` to override); rows carry a few padding tokens at their ends.
 
 Every mask is the same rule, on per-token ``doc`` (packed unit: one sequence, or one example when its
 prompt is shared) and ``seg`` (0 for the shared prompt or an unshared sequence, g + 1 for completion g)
@@ -43,9 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
+from prefkit.models.attention import Segments, segment_attention, supports_segment_attention
 from prefkit.models.chunked import target_logps
 
-AttentionKind = Literal["auto", "varlen", "flex", "sdpa", "eager"]
+AttentionKind = Literal["auto", "segments", "varlen", "flex", "dense"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class _Plan:
     num_sequences: int
     max_len: int  # T: columns of token_logps (padded width, or longest sequence)
     num_real_tokens: int  # tokens the model runs on, excluding row padding
+    spans: list[list[tuple[int, int, tuple[int, int] | None]]]  # per row: (start, stop, shared prompt)
 
 
 def _docs(seqs: list[tuple[Tensor, Tensor]], group_size: int, share_prefix: bool) -> list[list[_Piece]]:
@@ -200,13 +204,16 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
         rows = _bins(doc_len, capacity)
     width = max(sum(doc_len[i] for i in row) for row in rows)
 
-    ids_rows, pos_rows, doc_rows, seg_rows = [], [], [], []
+    ids_rows, pos_rows, doc_rows, seg_rows, spans = [], [], [], [], []
     pred, target, seq_idx, col_idx = [], [], [], []
     for r, row in enumerate(rows):
         ids_parts, pos_parts, doc_parts, seg_parts = [], [], [], []
         offset = r * width  # flat index of this row's first token
+        row_spans: list[tuple[int, int, tuple[int, int] | None]] = []
+        spans.append(row_spans)
         for d in row:
             prefix_last = -1  # flat index of the shared prompt's last token
+            prompt_span: tuple[int, int] | None = None
             for piece in docs[d]:
                 ids, cmask = seqs[piece.seq]
                 n_tok = piece.stop - piece.start
@@ -225,8 +232,11 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
                 target.append(ids[scored])
                 seq_idx.append(torch.full_like(scored, piece.seq))
                 col_idx.append(scored)
+                start_in_row = offset - r * width
+                row_spans.append((start_in_row, start_in_row + n_tok, prompt_span if piece.seg > 0 else None))
                 if piece.seg == 0:
                     prefix_last = offset + n_tok - 1
+                    prompt_span = (start_in_row, start_in_row + n_tok)
                 offset += n_tok
         used = sum(len(p) for p in ids_parts)
         pad = width - used
@@ -244,7 +254,7 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
         pred_index=torch.cat(pred), target_ids=torch.cat(target).long(), seq_index=torch.cat(seq_idx),
         col_index=torch.cat(col_idx), num_sequences=len(seqs),
         max_len=(batch.input_ids.shape[1] if batch.layout == "padded" else max(len(ids) for ids, _ in seqs)),
-        num_real_tokens=sum(doc_len),
+        num_real_tokens=sum(doc_len), spans=spans,
     )
 
 
@@ -306,22 +316,27 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
         return "varlen"
     if impl == "flex_attention" and device.type == "cuda":
         return "flex"
-    if impl == "sdpa":
-        return "sdpa"
-    return "eager"
+    if supports_segment_attention(_unwrap(model).config):
+        return "segments"
+    return "dense"
 
 
 def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: torch.dtype):
     inner = _unwrap(model)
     decoder = inner.get_decoder()
     kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
+    if kind == "segments":
+        kwargs["prefkit_segments"] = Segments(plan.spans[0])
+        with segment_attention(inner.config):
+            out = decoder(**kwargs)
+        return out.last_hidden_state, inner.get_output_embeddings()
     if kind == "varlen":
         kwargs["attention_mask"] = None
     elif kind == "flex":
         kwargs["attention_mask"] = _flex_mask(plan.doc_ids, plan.seg_ids)
     else:
         mask = _dense_mask(plan.doc_ids, plan.seg_ids)
-        if kind == "eager":
+        if inner.config._attn_implementation == "eager":  # additive float mask; SDPA takes bool
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min)
         kwargs["attention_mask"] = mask
@@ -367,10 +382,10 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     device = batch.input_ids.device
     kind = _attention_kind(model, share_prefix, device) if attention == "auto" else attention
     if kind == "varlen" and share_prefix:
-        raise ValueError("varlen attention cannot share prefixes; use flex, sdpa or eager")
+        raise ValueError("varlen attention cannot share prefixes; use segments, flex or dense")
     config = _unwrap(model).config
     pad_id = getattr(config, "pad_token_id", None) or 0
-    plan = _plan(batch, share_prefix=share_prefix, one_row=kind in ("varlen", "flex"),
+    plan = _plan(batch, share_prefix=share_prefix, one_row=kind in ("segments", "varlen", "flex"),
                  max_row_tokens=max_row_tokens, pad_id=pad_id)
     dtype = next(model.parameters()).dtype
     hidden, head = _hidden_and_head(model, plan, kind, dtype)
