@@ -277,7 +277,8 @@ class Trainer:
             raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
         self.model = model.to(self.device)
         if config.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
                 model.enable_input_require_grads()
         self.params = [p for p in model.parameters() if p.requires_grad]
