@@ -39,7 +39,7 @@ def train(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> 
     result = run(cfg, resume=resume)
     shown = {k: round(v, 4) for k, v in result.items() if k in ("step", "loss", "rewards/accuracies",
                                                                    "eval/loss", "eval/rewards/accuracies")}
-    click.echo(f"done: {shown}; outputs in {cfg.output.dir}")
+    click.echo(f"done: {shown or result}; outputs in {cfg.output.dir}")
 
 
 def _demo(**kwargs: object) -> None:

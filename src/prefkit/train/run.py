@@ -58,7 +58,14 @@ def load_policy(config: RunConfig) -> tuple[Any, Any]:
 
 
 def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
-    """Train per ``config``; returns the final metrics. Writes everything under ``config.output.dir``."""
+    """Train per ``config``; returns the final metrics. Writes everything under ``config.output.dir``.
+
+    ``model.path: toy`` names the built-in toy world: the job is the demo (``prefkit.toy.run_config``).
+    """
+    from prefkit import toy
+
+    if toy.is_toy_config(config):
+        return toy.run_config(config, resume=resume)
     make_objective(config)  # reward-model losses fail here, before loading anything
     check_run_dir(config, resume)
     train, evaluation = read_data(config)
