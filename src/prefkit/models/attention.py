@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 NAME = "prefkit_segments"
 
@@ -40,16 +41,6 @@ class Segments:
     """
 
     spans: list[tuple[int, int, tuple[int, int] | None]]
-    _masks: dict[tuple[int, int, str], Tensor] = field(default_factory=dict)
-
-    def completion_mask(self, n_query: int, n_prompt: int, device: torch.device) -> Tensor:
-        """(C, P + C) bool: all prompt keys, then causal over the completion's own keys."""
-        key = (n_query, n_prompt, str(device))
-        if key not in self._masks:
-            own = torch.ones(n_query, n_query, dtype=torch.bool, device=device).tril()
-            prompt = torch.ones(n_query, n_prompt, dtype=torch.bool, device=device)
-            self._masks[key] = torch.cat([prompt, own], dim=1)
-        return self._masks[key]
 
 
 def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -81,7 +72,9 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         p0, p1 = prompt
         k = torch.cat([key[:, :, p0:p1], key[:, :, start:stop]], dim=2)  # (1, H, P + C, D)
         v = torch.cat([value[:, :, p0:p1], value[:, :, start:stop]], dim=2)
-        mask = prefkit_segments.completion_mask(stop - start, p1 - p0, query.device)
+        # Lower-right causal: every prompt key, causal inside the completion. SDPA dispatches this bias to
+        # its fused kernels on CUDA (no materialised mask); elsewhere it is materialised per call.
+        mask = causal_lower_right(stop - start, (p1 - p0) + (stop - start))
         outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=p_drop))
     out = torch.cat(outs, dim=2)  # (1, H, L, D)
     return out.transpose(1, 2).contiguous(), None
