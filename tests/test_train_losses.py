@@ -43,3 +43,12 @@ def test_every_loss_trains(name: str, tmp_path) -> None:
     losses = [row["loss"] for row in read_metrics(tmp_path) if "loss" in row]
     assert len(losses) == 5 and all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < losses[0], f"{name}: loss did not go down: {losses}"
+
+
+def test_loss_kind_must_match_data(tmp_path) -> None:
+    from prefkit.errors import DataError
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    cfg = load_config(overrides=[*FAST, "loss.name=dpo", "train.batch_size=2", f"output.dir={tmp_path}"])
+    with pytest.raises(DataError, match="trains on pair records, but the data has 4 list records"):
+        Trainer(cfg, tiny_llama(len(tok)), tok, tiny_rankings(4, k=3))

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from prefkit.data.batch import Batch
 from prefkit.data.encode import EncodedExample, EncodedSequence, Encoder, collate
 from prefkit.data.records import Record
-from prefkit.errors import ConfigError, PrefkitError
+from prefkit.errors import ConfigError, DataError, PrefkitError
 from prefkit.losses.registry import get_loss
 from prefkit.losses.types import LossSpec
 from prefkit.models.load import frozen_copy, is_peft
@@ -120,6 +121,15 @@ class PreferenceObjective:
         return self.spec.kind == "unpaired" and self.spec.needs_reference
 
     def prepare(self, examples: list[EncodedExample], seed: int) -> list[EncodedExample]:
+        kinds = Counter(ex.kind for ex in examples if ex.kind != self.spec.kind)
+        if kinds:
+            found = ", ".join(f"{n} {k}" for k, n in kinds.items())
+            raise DataError(f"loss {self.name!r} trains on {self.spec.kind} records, but the data has {found} "
+                            "records; convert them first (prefkit.data.convert) or pick a matching loss")
+        sizes = sorted({ex.group_size for ex in examples})
+        if len(sizes) > 1:
+            raise DataError(f"rankings of different lengths (k = {sizes}) cannot share batches; keep one k "
+                            "per dataset (e.g. convert to pairs)")
         if not self.kl_pairs or len(examples) < 2:
             return examples
         order = list(range(len(examples)))
@@ -179,8 +189,8 @@ def make_objective(config: RunConfig) -> Objective:
     """The objective for ``config.loss``: :class:`PreferenceObjective` for policy losses."""
     spec = get_loss(config.loss.name)
     if spec.kind.startswith("reward_"):
-        raise ConfigError(f"loss {config.loss.name!r} trains a reward model; pass its objective to "
-                          "Trainer(objective=...) (see prefkit rm)")
+        raise ConfigError(f"loss {config.loss.name!r} trains a reward model; use `prefkit rm train --config ...` "
+                          "(or pass Trainer(objective=prefkit.models.reward.RewardObjective(...)))")
     return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), config.model.chunk_size)
 
 
@@ -263,7 +273,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.config, self.tokenizer = config, tokenizer
-        # Several processes and no GPU (``accelerate launch --num_processes 2`` on CPU): gloo on CPU.
+        # Several processes and no GPU (``accelerate launch --multi_gpu --num_processes 2`` on a CPU
+        # machine): accelerate needs cpu=True to pick gloo.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
         self.device = self.accelerator.device
