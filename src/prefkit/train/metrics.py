@@ -92,7 +92,10 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, pts in series.items():
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, label=label, marker="o" if label.startswith("eval/") else None)
+            is_eval = label.startswith("eval/")
+            color = f"C{keys.index(label.removeprefix('eval/'))}"  # train and eval of one key share a color
+            ax.plot(xs, ys, label=label, color=color, linestyle="--" if is_eval else "-",
+                    marker="o" if is_eval else None)
         ax.set_xlabel("step")
         ax.legend()
         ax.grid(alpha=0.3)
