@@ -120,7 +120,7 @@ model: {{path: {backbone}}}
 reward: {{head: scalar, max_length: 64}}
 data: {{train: {data}, eval_fraction: 0.2}}
 loss: {{name: bradley_terry}}
-train: {{batch_size: 8, max_steps: 12, lr: 3.0e-3, progress: false}}
+train: {{batch_size: 8, max_steps: 12, lr: 3.0e-3, progress: false, eval_every: 6}}
 output: {{dir: {run}, tensorboard: false, plots: false}}
 """)
     assert main(["rm", "train", "--config", str(config)]) == 0

@@ -65,7 +65,10 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
     check_run_dir(cfg.run_config(), resume)
     train, evaluation = read_data(cfg.run_config())
     start = time.perf_counter()
-    model, summary = train_reward_model(cfg, resume=resume, train_records=train, eval_records=evaluation)
+    # The trainer's own periodic evaluation (eval/* metrics) only when asked for with train.eval_every;
+    # the full report below covers the end of training.
+    model, _ = train_reward_model(cfg, resume=resume, train_records=train,
+                                  eval_records=evaluation if cfg.train.eval_every else None)
     click.echo(f"trained in {time.perf_counter() - start:.0f} s; model saved to {Path(cfg.output.dir) / 'model'}")
     if evaluation and not no_eval:
         report = evaluate_reward_model(model, evaluation, by=cfg.eval_by)
