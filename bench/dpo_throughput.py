@@ -178,7 +178,7 @@ def run_prefkit(w: Workload, system: str) -> dict:
 
     def logps(model, batch):
         if system == "prefkit-padded":
-            return sequence_logps(model, batch, chunk_size=w.chunk_size)
+            return sequence_logps(model, batch, chunk_size=w.chunk_size, packing=False)
         return packed_sequence_logps(model, batch, share_prefix=system == "prefkit-shared",
                                      chunk_size=w.chunk_size)
 
@@ -344,7 +344,7 @@ def run_micro(w: Workload, case: str) -> dict:
 
         def step():
             if case == "padded":
-                out = sequence_logps(model, batch, chunk_size=w.chunk_size)
+                out = sequence_logps(model, batch, chunk_size=w.chunk_size, packing=False)
             else:
                 out = packed_sequence_logps(model, batch, share_prefix=case == "shared", chunk_size=w.chunk_size)
             out.logps.sum().backward()

@@ -30,6 +30,7 @@ Targets below 0 (e.g. ``-100``) are ignored: their log-prob is 0 and they receiv
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 IGNORE_INDEX = -100
@@ -140,4 +141,26 @@ def target_logps(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tenso
     return _TargetLogps.apply(hidden, weight, bias, targets.long(), int(chunk_size))
 
 
-__all__ = ["target_logps", "IGNORE_INDEX"]
+def head_logps(head: torch.nn.Module, hidden: Tensor, targets: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """(N,) fp32 log-probs of ``targets`` under an output layer ``head`` applied to ``hidden`` (N, H).
+
+    A plain ``nn.Linear`` head goes through :func:`target_logps`. A wrapped head (e.g. LoRA on
+    ``lm_head``) is called ``chunk_size`` rows at a time under activation checkpointing, so backward
+    recomputes each chunk's logits instead of keeping them all.
+    """
+    if type(head) is torch.nn.Linear:
+        return target_logps(hidden, head.weight, targets, bias=head.bias, chunk_size=chunk_size)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+
+        def chunk(h: Tensor, t: Tensor) -> Tensor:
+            logits = head(h).float()  # (C, V)
+            return logits.gather(1, t[:, None]).squeeze(1) - logits.logsumexp(-1)  # (C,)
+
+        parts.append(torch.utils.checkpoint.checkpoint(chunk, h, t, use_reentrant=False)
+                     if torch.is_grad_enabled() else chunk(h, t))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+__all__ = ["target_logps", "head_logps", "IGNORE_INDEX"]

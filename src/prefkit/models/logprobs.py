@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from prefkit.data.batch import Batch
 from prefkit.losses.types import ListLogps, PairLogps, UnpairedLogps
 from prefkit.models.chunked import target_logps
+from prefkit.models.packing import fast_path_unsupported, packed_sequence_logps
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _head_logps(head: nn.Module, hidden: Tensor, targets: Tensor, chunk_size: in
 
 
 def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
-                   token_logps: bool = False) -> SequenceLogps:
+                   token_logps: bool = False, packing: bool = True,
+                   share_prefix: bool = True) -> SequenceLogps:
     """Summed completion log-probs and token counts of every sequence in ``batch``, in one forward.
 
     Args:
@@ -91,6 +93,11 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
         batch: padded layout, N rows (see ``prefkit.data.batch``).
         chunk_size: scored tokens per output-layer chunk; peak extra memory ~ ``chunk_size * V * 8`` B.
         token_logps: also return (N, T) per-token log-probs and the mask.
+        packing: run the padding-free fast path (:mod:`prefkit.models.packing`): sequences packed
+            end to end, attention never crossing a sequence; falls back to the padded rows for models
+            it cannot run (:func:`~prefkit.models.packing.fast_path_unsupported`). Same results.
+        share_prefix: with ``packing``, encode each example's common prompt once for all its
+            completions (exact; examples whose sequences share no prefix are run unshared).
 
     Returns:
         :class:`SequenceLogps` with (N,) fp32 ``logps`` and ``tokens``.
@@ -98,8 +105,12 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
     Deviation: models whose logits are post-processed after the output layer (final logit
     soft-capping, e.g. Gemma 2) are not supported by the chunked path and raise ``ValueError``.
     """
+    if packing and fast_path_unsupported(model) is None:  # the padding-free fast path
+        out = packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=chunk_size,
+                                    token_logps=token_logps)
+        return SequenceLogps(out.logps, out.tokens, out.token_logps, out.mask)
     if batch.layout != "padded":
-        raise NotImplementedError("sequence_logps: only layout='padded' is supported")
+        raise NotImplementedError("sequence_logps: layout='packed' needs packing=True and a supported model")
     config = getattr(_unwrap(model), "config", None)
     if getattr(config, "final_logit_softcapping", None):
         raise ValueError("sequence_logps: models with final_logit_softcapping are not supported")

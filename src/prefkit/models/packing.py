@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
 from prefkit.models.attention import Segments, segment_attention, supports_segment_attention
-from prefkit.models.chunked import target_logps
+from prefkit.models.chunked import head_logps
 
 AttentionKind = Literal["auto", "segments", "varlen", "flex", "dense"]
 
@@ -285,9 +285,14 @@ def _flex_mask(doc: Tensor, seg: Tensor):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    """The transformers model under PEFT / DDP / compile wrappers (LoRA layers stay injected in it)."""
+    while True:
+        if isinstance(getattr(model, "module", None), nn.Module):  # DDP / torch.compile
+            model = model.module
+        elif callable(getattr(model, "get_base_model", None)):  # peft.PeftModel
+            model = model.get_base_model()
+        else:
+            return model
 
 
 def fast_path_unsupported(model: nn.Module) -> str | None:
@@ -348,11 +353,7 @@ def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: 
 def _scored_logps(hidden: Tensor, head: nn.Module, plan: _Plan, chunk_size: int) -> Tensor:
     """(S,) log-probs of the scored tokens from the hidden states that predict them."""
     h = hidden.reshape(-1, hidden.shape[-1])[plan.pred_index]  # (S, H)
-    if type(head) is nn.Linear:
-        return target_logps(h, head.weight, plan.target_ids, bias=head.bias, chunk_size=chunk_size)
-    # A wrapped head (e.g. LoRA on lm_head): run it, still only on the scored positions.
-    logits = head(h).float()  # (S, V)
-    return torch.log_softmax(logits, dim=-1).gather(1, plan.target_ids[:, None]).squeeze(1)
+    return head_logps(head, h, plan.target_ids, chunk_size=chunk_size)
 
 
 def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
