@@ -2,7 +2,7 @@
 
 A run config has sections (``model``, ``lora``, ``reference``, ``data``, ``encode``, ``loss``,
 ``train``, ``output``); each is a dataclass below whose attribute docstrings are the only help text
-(``prefkit train --help-config`` and ``docs/training.md`` read them). On the command line, dotted
+(``docs/training.md`` embeds them: ``python -m prefkit.train.config --write-docs``). On the command line, dotted
 keys address nested fields: ``train.lr=1e-5 loss.beta=0.2``. Values are parsed as YAML scalars.
 
 Rules:
@@ -105,6 +105,10 @@ class DataConfig:
     """Evaluation data file; without it, ``data.eval_fraction`` of ``data.train`` is held out."""
     format: str = "auto"
     """Input format for ``prefkit.data.load`` (``auto`` detects it)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column renames for ``prefkit.data.load``: our field name -> your column name (``{prompt: question}``)."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad rows: ``raise`` stops at the first one, ``skip`` leaves them out (counted per reason)."""
     eval_fraction: float = 0.0
     """Fraction of the training records held out for evaluation when ``data.eval`` is unset."""
     limit: int | None = None

@@ -34,12 +34,14 @@ def read_data(config: RunConfig) -> tuple[list[Any], list[Any]]:
 
     if not config.data.train:
         raise ConfigError("no training data; set data.train to a data file")
-    train = list(load(config.data.train, format=config.data.format))
-    if config.data.limit is not None:
-        train = train[:config.data.limit]
-    if config.data.eval:
-        return train, list(load(config.data.eval, format=config.data.format))
-    n_eval = int(round(config.data.eval_fraction * len(train)))
+    dc = config.data
+    options = {"format": dc.format, "columns": dc.columns or None, "on_error": dc.on_error}
+    train = list(load(dc.train, **options))
+    if dc.limit is not None:
+        train = train[:dc.limit]
+    if dc.eval:
+        return train, list(load(dc.eval, **options))
+    n_eval = int(round(dc.eval_fraction * len(train)))
     return (train[:-n_eval], train[-n_eval:]) if n_eval else (train, [])
 
 
