@@ -7,12 +7,6 @@ import click
 from prefkit.errors import ConfigError
 
 
-def _config_help() -> str:
-    from prefkit.train.config import all_keys
-
-    return "Config keys: " + ", ".join(all_keys()) + " and loss parameters (loss.beta=...)."
-
-
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file; without it, runs the built-in demo job.")
