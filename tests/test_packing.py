@@ -161,3 +161,47 @@ def test_bins_first_fit_decreasing():
     """Lengths 6, 5, 4, 3, 2 (by size) into rows of 6: 6 | 5 | 4 + 2 | 3."""
     rows = _bins([5, 3, 4, 2, 6], capacity=6)
     assert rows == [[4], [0], [2, 3], [1]]
+
+
+def test_qwen2_gqa_bias_and_gradient_checkpointing():
+    """Another architecture (grouped-query attention, q/k/v biases, tied head) with activation
+    checkpointing on: the fast path still equals the padded computation."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         max_position_embeddings=128)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).float()
+    model.set_attn_implementation("sdpa")
+    model.train()
+    model.gradient_checkpointing_enable()
+    batch = _batch(*LISTS, kind="list")
+    ref_logps, _ = _naive(model, batch)
+    ref_grads = _grads(model, ref_logps.sum())
+    for checkpointing in (True, False):  # dense masks with checkpointing, segment attention without
+        if not checkpointing:
+            model.gradient_checkpointing_disable()
+        out = prefix_shared_sequence_logps(model, batch)
+        torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
+        got_grads = _grads(model, out.logps.sum())
+        for name in ref_grads:
+            torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sequence_logps_dispatches_to_fast_path():
+    """``sequence_logps`` runs the fast path by default and the padded rows with ``packing=False``;
+    both give the same results, token log-probs included."""
+    from prefkit.models.logprobs import sequence_logps
+
+    model = _model("sdpa")
+    batch = _batch(*UNEVEN)
+    fast = sequence_logps(model, batch, token_logps=True)
+    slow = sequence_logps(model, batch, token_logps=True, packing=False)
+    torch.testing.assert_close(fast.logps, slow.logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.tokens, slow.tokens)
+    torch.testing.assert_close(fast.token_logps, slow.token_logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.mask, slow.mask)
+    packed = sequence_logps(model, pack_batch(batch))  # the packed layout only runs on the fast path
+    torch.testing.assert_close(packed.logps, slow.logps, atol=1e-5, rtol=1e-5)

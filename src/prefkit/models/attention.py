@@ -14,7 +14,9 @@ Nothing outside the segments is computed. The per-call cost is one small kernel 
 and layer (B * (G + 1) calls per layer with prompt sharing).
 
 Use :func:`segment_attention` as a context manager around the decoder call; it switches the model's
-``config._attn_implementation`` to ``"prefkit_segments"`` and restores it on exit. The segments travel
+``config._attn_implementation`` to ``"prefkit_segments"`` and restores it on exit (so it cannot serve
+activation checkpointing, whose recomputation runs after the exit; the packing module then uses dense
+masks). The segments travel
 to every attention layer through the forward kwargs (``prefkit_segments=...``).
 """
 

@@ -21,10 +21,11 @@ Attention backends (``attention="auto"`` picks from ``model.config._attn_impleme
   transformers derives ``cu_seqlens`` from the position-id restarts. Exactly no padding.
 - ``flex_attention`` on CUDA: a FlexAttention ``BlockMask`` built from a mask function (block-sparse:
   fully masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13.
-- ``segments`` (the default otherwise, for models whose layers are all full attention): one row, and
+- ``segments`` (the default otherwise, for models whose layers are all full attention and that do not
+  use activation checkpointing, which would recompute the layers outside the switch): one row, and
   :mod:`prefkit.models.attention` runs one SDPA call per segment (causal per sequence; a completion
   against ``[prompt, itself]``), so nothing outside the segments is computed, on CPU and GPU alike.
-- ``dense`` (explicit, or for sliding-window models): a dense 4D mask per row, boolean for SDPA,
+- ``dense`` (explicit, sliding-window models, activation checkpointing): a dense 4D mask per row, boolean for SDPA,
   additive float for eager. A dense mask costs attention over the whole row, so sequences are
   bin-packed (first-fit decreasing) into rows no longer than the longest packed unit
   (``max_row_tokens`` to override); rows carry a few padding tokens at their ends.
@@ -321,7 +322,11 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
         return "varlen"
     if impl == "flex_attention" and device.type == "cuda":
         return "flex"
-    if supports_segment_attention(_unwrap(model).config):
+    inner = _unwrap(model)
+    # Segment attention switches the attention implementation for the duration of the forward only;
+    # activation checkpointing recomputes layers later, in backward, so it takes the dense masks.
+    checkpointing = inner.training and any(getattr(m, "gradient_checkpointing", False) for m in inner.modules())
+    if supports_segment_attention(inner.config) and not checkpointing:
         return "segments"
     return "dense"
 
