@@ -55,6 +55,7 @@ class Workload:
     chunk_size: int = 1024
     seed: int = 0
     attn: str = "sdpa"
+    vocab: int | None = None  # override the shape's vocabulary size
 
 
 def model_config(shape: str):
@@ -82,6 +83,8 @@ def build_model(w: Workload):
     from transformers import AutoModelForCausalLM
 
     config = model_config(w.shape)
+    if w.vocab:
+        config.vocab_size = w.vocab
     config._attn_implementation = w.attn
     torch.manual_seed(w.seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=w.attn)
@@ -325,6 +328,7 @@ def run_micro(w: Workload, case: str) -> dict:
     torch.manual_seed(w.seed)
     if case in ("full-logits", "chunked-logits"):
         config = model_config(w.shape)
+        config.vocab_size = w.vocab or config.vocab_size
         n_tok = w.batch_size * 2 * (w.completion_min + w.completion_max) // 2
         hidden = torch.randn(n_tok, config.hidden_size, requires_grad=True, device=w.device)
         weight = (torch.randn(config.vocab_size, config.hidden_size, device=w.device) * 0.02).requires_grad_()
@@ -432,7 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="default 3 cuda, 1 cpu")
     parser.add_argument("--attn", default="sdpa", help="attention implementation for every system")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each worker (CPU)")
+    parser.add_argument("--vocab", type=int, default=None, help="override the model's vocabulary size")
     parser.add_argument("--micro", action="store_true", help="run the CPU micro-benchmarks instead")
+    parser.add_argument("--cases", default="full-logits,chunked-logits,padded,packed,shared",
+                        help="micro-benchmark cases")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -444,15 +451,15 @@ def main(argv: list[str] | None = None) -> None:
     base = dict(device=args.device, batch_size=args.batch_size or (4 if cuda else 2),
                 prompt_len=args.prompt_len, completion_min=args.completion_len[0],
                 completion_max=args.completion_len[1], steps=args.steps,
-                warmup=args.warmup if args.warmup is not None else (3 if cuda else 1), attn=args.attn)
+                warmup=args.warmup if args.warmup is not None else (3 if cuda else 1), attn=args.attn,
+                vocab=args.vocab)
     report: dict = {"environment": environment(), "command": " ".join([sys.executable, *sys.argv]),
                     "results": []}
     print(json.dumps(report["environment"]))
     for shape in shapes:
         workload = asdict(Workload(shape=shape, **base))
         if args.micro:
-            cases = ["full-logits", "chunked-logits", "padded", "packed", "shared"]
-            for case in cases:
+            for case in args.cases.split(","):
                 res = _spawn({"kind": "micro", "case": case, "workload": workload, "threads": args.threads})
                 report["results"].append(res)
                 if "error" in res:
