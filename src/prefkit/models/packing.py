@@ -194,8 +194,13 @@ def _bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: int | None,
           pad_id: int) -> _Plan:
-    seqs = _sequences(batch)
-    device = batch.input_ids.device
+    target_device = batch.input_ids.device
+    # The plan is built on the CPU (many tiny ops and index look-ups) and moved once at the end.
+    seqs = _sequences(Batch(kind=batch.kind, group_size=batch.group_size, input_ids=batch.input_ids.cpu(),
+                            attention_mask=batch.attention_mask.cpu(),
+                            completion_mask=batch.completion_mask.cpu(), layout=batch.layout,
+                            seq_lens=None if batch.seq_lens is None else batch.seq_lens.cpu()))
+    device = torch.device("cpu")
     docs = _docs(seqs, batch.group_size, share_prefix)
     doc_len = [sum(p.stop - p.start for p in d) for d in docs]
     if one_row:
@@ -249,11 +254,14 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
         pos_rows.append(torch.cat(pos_parts))
         doc_rows.append(torch.cat(doc_parts))
         seg_rows.append(torch.cat(seg_parts))
+    def move(t: Tensor) -> Tensor:
+        return t.to(target_device, non_blocking=True)
+
     return _Plan(
-        input_ids=torch.stack(ids_rows), position_ids=torch.stack(pos_rows),
-        doc_ids=torch.stack(doc_rows), seg_ids=torch.stack(seg_rows),
-        pred_index=torch.cat(pred), target_ids=torch.cat(target).long(), seq_index=torch.cat(seq_idx),
-        col_index=torch.cat(col_idx), num_sequences=len(seqs),
+        input_ids=move(torch.stack(ids_rows)), position_ids=move(torch.stack(pos_rows)),
+        doc_ids=move(torch.stack(doc_rows)), seg_ids=move(torch.stack(seg_rows)),
+        pred_index=move(torch.cat(pred)), target_ids=move(torch.cat(target).long()),
+        seq_index=move(torch.cat(seq_idx)), col_index=move(torch.cat(col_idx)), num_sequences=len(seqs),
         max_len=(batch.input_ids.shape[1] if batch.layout == "padded" else max(len(ids) for ids, _ in seqs)),
         num_real_tokens=sum(doc_len), spans=spans,
     )
