@@ -110,3 +110,16 @@ def test_resume_without_checkpoint_is_an_error(tmp_path) -> None:
     cfg = load_config(overrides=[*QUIET, "train.max_steps=1", "train.batch_size=4", f"output.dir={tmp_path}"])
     with pytest.raises(PrefkitError, match="no checkpoint"):
         Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8)).train(resume=True)
+
+
+def test_resume_with_changed_settings_is_an_error(tmp_path) -> None:
+    from prefkit.errors import ConfigError
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    base = [*QUIET, "output.save_model=false", "train.max_steps=2", "train.batch_size=4", "train.save_every=1",
+            f"output.dir={tmp_path}"]
+    Trainer(load_config(overrides=base), tiny_llama(len(tok)), tok, tiny_pairs(8)).train()
+    changed = Trainer(load_config(overrides=[*base, "train.lr=1e-3", "train.log_every=2"]), tiny_llama(len(tok)),
+                      tok, tiny_pairs(8))
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in train.lr \(5e-06 -> 0.001\)"):
+        changed.train(resume=True)

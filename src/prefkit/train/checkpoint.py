@@ -139,6 +139,11 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any, sched
     return json.loads((path / "trainer_state.json").read_text())
 
 
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
 def _barrier(accelerator: Any) -> None:
     if accelerator is not None and accelerator.num_processes > 1:
         accelerator.wait_for_everyone()
@@ -150,5 +155,5 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fh.fileno())
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "checkpoint_dir",
+__all__ = ["save_checkpoint", "load_checkpoint", "read_state", "latest_checkpoint", "list_checkpoints", "checkpoint_dir",
            "trainable_state"]

@@ -46,7 +46,7 @@ from prefkit.models.logprobs import (
     unpaired_logps,
 )
 from prefkit.train import checkpoint as ckpt
-from prefkit.train.config import RunConfig, dump_config
+from prefkit.train.config import RunConfig, dump_config, to_dict
 from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar
 from prefkit.train.refcache import (
     CachedReference,
@@ -502,7 +502,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``<run>/checkpoints/step-N`` atomically (keeps ``train.keep_last``)."""
-        state = {"epoch": self.order.epoch, "batch": self.order.batch}
+        state = {"epoch": self.order.epoch, "batch": self.order.batch, "world": self.accelerator.num_processes,
+                 "config": _flat(to_dict(self.config))}
         return ckpt.save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last,
                                     accelerator=self.accelerator)
@@ -512,11 +513,25 @@ class Trainer:
         if path is None:
             raise PrefkitError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(self.run_dir)}; "
                                "start without --resume")
+        self._check_resumable(ckpt.read_state(path))
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      accelerator=self.accelerator)
         self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
         self._say(f"resumed from {path} (step {self.step})")
         return self.step
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """An exact resume needs the settings that shape the run unchanged (outputs and logging may change)."""
+        saved, now = state.get("config", {}), _flat(to_dict(self.config))
+        changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+                   and not k.startswith(RESUME_MAY_CHANGE)]
+        if state.get("world", 1) != self.accelerator.num_processes:
+            changed.append(f"processes ({state.get('world', 1)} -> {self.accelerator.num_processes})")
+        if changed:
+            shown = ", ".join(k if k.startswith("processes") else f"{k} ({saved.get(k)!r} -> {now.get(k)!r})"
+                              for k in changed[:4])
+            raise ConfigError(f"--resume: the config differs from the checkpoint's in {shown}; resume with the "
+                              "same settings (or start a new run)")
 
     def save_model(self, path: str | Path) -> None:
         """``save_pretrained`` (safetensors) of the model (PEFT: the adapter) and the tokenizer."""
@@ -524,6 +539,21 @@ class Trainer:
         model.save_pretrained(str(path), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
+
+
+RESUME_MAY_CHANGE = ("output.", "train.progress", "train.log_every", "train.eval_every", "train.eval_batches",
+                     "train.save_every", "train.keep_last", "reference.cache_dir", "data.eval", "data.eval_fraction")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not (prefix == "data." and key == "columns"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _add(sums: dict[str, list[float]], key: str, total: Tensor | float, count: int) -> None:
