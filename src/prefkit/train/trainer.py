@@ -396,6 +396,11 @@ class Trainer:
 
     def _reduce(self, sums: dict[str, list[float]]) -> dict[str, float]:
         """Per-key (sum, count) over processes -> means."""
+        if self.accelerator.num_processes > 1:  # a process may lack a key (e.g. no eval batch): union them
+            everyone: list[Any] = [None] * self.accelerator.num_processes
+            torch.distributed.all_gather_object(everyone, sorted(sums))
+            for key in {k for ks in everyone for k in ks}:
+                sums.setdefault(key, [0.0, 0.0])
         keys = sorted(sums)
         t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device).reshape(-1, 2)
         if self.accelerator.num_processes > 1:
