@@ -31,11 +31,12 @@ def setup():
     return tok, enc
 
 
-def test_matches_naive_value_and_gradient(setup) -> None:
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_matches_naive_value_and_gradient(setup, packing) -> None:
     tok, enc = setup
     batch = enc.collate(enc.encode_all(tiny_pairs(4))[0])
     a, b = tiny_llama(len(tok)), tiny_llama(len(tok))
-    seq = sequence_logps(a, batch, chunk_size=7, token_logps=True)
+    seq = sequence_logps(a, batch, chunk_size=7, token_logps=True, packing=packing)
     ref_sum, ref_tok = naive(b, batch)
     torch.testing.assert_close(seq.logps, ref_sum, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(seq.token_logps[:, 1:], ref_tok, atol=1e-5, rtol=1e-5)
@@ -58,7 +59,7 @@ def test_lora_on_output_layer_uses_wrapped_head(setup) -> None:
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)
-    seq = sequence_logps(model, batch, chunk_size=3)
+    seq = sequence_logps(model, batch, chunk_size=3, packing=False)
     torch.testing.assert_close(seq.logps, naive(model, batch)[0], atol=1e-4, rtol=1e-5)
 
 
@@ -78,10 +79,11 @@ def test_layouts_pairs_and_lists(setup) -> None:
     assert grouped.logps[1, 2] == seq.logps[2 * 2 + 1]  # row g*B+b -> [b, g]
 
 
-def test_no_full_vocab_logits(setup, monkeypatch) -> None:
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_no_full_vocab_logits(setup, monkeypatch, packing) -> None:
     """The engine never calls the model's full forward (which would build (N, T, V) logits)."""
     tok, enc = setup
     model = tiny_llama(len(tok))
     batch = enc.collate(enc.encode_all(tiny_pairs(2))[0])
     monkeypatch.setattr(type(model), "forward", lambda *a, **k: pytest.fail("full forward called"))
-    sequence_logps(model, batch)
+    sequence_logps(model, batch, packing=packing)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
 from prefkit.losses.types import ListLogps, PairLogps, UnpairedLogps
-from prefkit.models.chunked import target_logps
+from prefkit.models.chunked import head_logps
 from prefkit.models.packing import fast_path_unsupported, packed_sequence_logps
 
 
@@ -64,24 +64,6 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return decoder, head
 
 
-def _head_logps(head: nn.Module, hidden: Tensor, targets: Tensor, chunk_size: int) -> Tensor:
-    """(M,) fp32 log-probs of ``targets`` under ``head(hidden)``, ``chunk_size`` rows at a time."""
-    if type(head) is nn.Linear:  # plain output layer: the recomputing chunked kernel
-        return target_logps(hidden, head.weight, targets, bias=head.bias, chunk_size=chunk_size)
-    # Wrapped head (e.g. LoRA on lm_head): call it per chunk, recomputing each chunk in backward.
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-
-        def chunk(h: Tensor, t: Tensor) -> Tensor:
-            logits = head(h).float()  # (C, V)
-            return logits.gather(1, t[:, None]).squeeze(1) - logits.logsumexp(-1)  # (C,)
-
-        parts.append(torch.utils.checkpoint.checkpoint(chunk, h, t, use_reentrant=False)
-                     if torch.is_grad_enabled() else chunk(h, t))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-
-
 def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
                    token_logps: bool = False, packing: bool = True,
                    share_prefix: bool = True) -> SequenceLogps:
@@ -119,7 +101,7 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
     hidden = out.last_hidden_state  # (N, T, H)
     scored = batch.completion_mask[:, 1:].bool()  # (N, T-1): token t+1 is scored
     targets = batch.input_ids[:, 1:][scored]  # (M,)
-    token_lp = _head_logps(head, hidden[:, :-1][scored], targets, chunk_size)  # (M,) fp32
+    token_lp = head_logps(head, hidden[:, :-1][scored], targets, chunk_size=chunk_size)  # (M,) fp32
     n, t = batch.input_ids.shape
     rows = torch.arange(n, device=token_lp.device)[:, None].expand(n, t - 1)[scored]  # (M,)
     logps = torch.zeros(n, dtype=torch.float32, device=token_lp.device).index_add(0, rows, token_lp)

@@ -46,6 +46,11 @@ class ModelConfig:
     """Recompute activations in backward (less memory, ~30% more compute)."""
     chunk_size: int = 1024
     """Scored tokens per output-layer chunk in the log-prob engine (memory ~ chunk_size x vocab x 8 B)."""
+    packing: bool = True
+    """Padding-free log-prob fast path (sequences packed end to end; same results); falls back to padded
+    rows for models it cannot run."""
+    share_prefix: bool = True
+    """With ``model.packing``, encode each example's prompt once for all its completions (exact)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

@@ -56,14 +56,17 @@ class ModelReference:
     adapters_off: bool = False
     chunk_size: int = 1024
     token_logps: bool = False
+    packing: bool = True
+    share_prefix: bool = True
 
     def __call__(self, batch: Batch, indices: Tensor) -> SequenceLogps:
+        options = {"chunk_size": self.chunk_size, "token_logps": self.token_logps, "packing": self.packing,
+                   "share_prefix": self.share_prefix}
         with torch.no_grad():
             if self.adapters_off:
                 with adapters_disabled(self.model):
-                    return sequence_logps(self.model, batch, chunk_size=self.chunk_size,
-                                          token_logps=self.token_logps)
-            return sequence_logps(self.model, batch, chunk_size=self.chunk_size, token_logps=self.token_logps)
+                    return sequence_logps(self.model, batch, **options)
+            return sequence_logps(self.model, batch, **options)
 
 
 @dataclass

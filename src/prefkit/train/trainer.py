@@ -107,6 +107,8 @@ class PreferenceObjective:
     spec: LossSpec
     params: dict[str, Any]
     chunk_size: int = 1024
+    packing: bool = True
+    share_prefix: bool = True
 
     @property
     def needs_reference(self) -> bool:
@@ -150,7 +152,8 @@ class PreferenceObjective:
         return unpaired_logps(seq, batch, with_kl=batch.group_size == 2)
 
     def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput:
-        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=self.token_logps)
+        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=self.token_logps,
+                             packing=self.packing, share_prefix=self.share_prefix)
         policy = self._inputs(seq, batch)
         ref = self._inputs(reference, batch) if reference is not None and self.needs_reference else None
         inputs = {k: getattr(batch, _INPUTS[k]) for k in self.spec.needs if k in _INPUTS}
@@ -191,7 +194,9 @@ def make_objective(config: RunConfig) -> Objective:
     if spec.kind.startswith("reward_"):
         raise ConfigError(f"loss {config.loss.name!r} trains a reward model; use `prefkit rm train --config ...` "
                           "(or pass Trainer(objective=prefkit.models.reward.RewardObjective(...)))")
-    return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), config.model.chunk_size)
+    mc = config.model
+    return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), mc.chunk_size, mc.packing,
+                               mc.share_prefix)
 
 
 # -- data order --------------------------------------------------------------------------------------------
@@ -319,16 +324,20 @@ class Trainer:
         mode = cfg.reference.mode
         if mode == "auto":
             mode = "adapters_off" if is_peft(self.model) else "frozen"
-        token = self.objective.token_logps
         if mode == "adapters_off":
             if not is_peft(self.model):
                 raise ConfigError("reference.mode=adapters_off needs a LoRA policy (set lora.r > 0)")
-            return ModelReference(self.model, adapters_off=True, chunk_size=cfg.model.chunk_size, token_logps=token)
+            return self._model_reference(self.model, adapters_off=True)
         if mode == "frozen":
-            return ModelReference(self._get_reference_model(), chunk_size=cfg.model.chunk_size, token_logps=token)
+            return self._model_reference(self._get_reference_model())
         if not self.examples[split]:
             return None
         return CachedReference(self._cached_table(split))
+
+    def _model_reference(self, model: nn.Module, adapters_off: bool = False) -> ModelReference:
+        mc = self.config.model
+        return ModelReference(model, adapters_off=adapters_off, chunk_size=mc.chunk_size,
+                              token_logps=self.objective.token_logps, packing=mc.packing, share_prefix=mc.share_prefix)
 
     def _get_reference_model(self) -> nn.Module:
         """The frozen reference model, built on first use (default: a frozen copy of the policy now)."""
@@ -362,7 +371,7 @@ class Trainer:
             return table
         self._say(f"reference log-probs ({split}): {cache.explain_miss(parts)}; computing")
         if acc.is_main_process:
-            source = ModelReference(self._get_reference_model(), chunk_size=cfg.model.chunk_size)
+            source = self._model_reference(self._get_reference_model())
             table = compute_table(source, self.examples[split], self.encoder.pad_id,
                                   batch_size=cfg.reference.batch_size, device=self.device, autocast=acc.autocast)
             cache.store(parts, table)
