@@ -62,6 +62,14 @@ def job(out: Path) -> dict:
     return cfg
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (a load-independent measure of the work done)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/rm_hh_minilm", help="output folder")
@@ -79,15 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "rm.yaml"
     config.write_text(yaml.safe_dump(job(out), sort_keys=False))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     code = prefkit(["rm", "train", "--config", str(config), *args.overrides])
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     if code != 0:
         sys.exit(code)
     report = json.loads((out / "run" / "eval" / "rm_eval.json").read_text())
     result = {
         "command": f"python bench/rm_hh_minilm.py --out {args.out} " + " ".join(args.overrides),
-        "wall_seconds": round(wall, 1), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "load_average_after": os.getloadavg()[0], "python": platform.python_version(), "torch": torch.__version__,
         "held_out_pairs": report["n_pairs"], "accuracy": report["accuracy"], "baselines": report["baselines"],
         "ece": report["calibration"]["ece"], "overrides": args.overrides,

@@ -16,12 +16,15 @@ from prefkit.errors import ConfigError, DataError
 
 def _offline() -> None:
     """CLI-only process settings: never reach the Hugging Face hub (models load from local folders, so
-    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` default to 1) and no weight-loading progress bars."""
+    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` default to 1), no weight-loading progress bars, and
+    ``transformers`` warnings off (its "sequence longer than the maximum" warning is wrong here: whole
+    dialogues are tokenized first, then cut to ``reward.max_length``)."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _load_model(path: str):
