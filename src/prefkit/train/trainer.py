@@ -287,8 +287,12 @@ class Trainer:
         self.objective = objective or make_objective(config)
         self.encoder = Encoder(tokenizer, config.encode)
         self.records = {"train": list(train_data), "eval": list(eval_data or [])}
-        self.examples = {split: self.objective.prepare(self.encoder.encode_all(recs)[0], config.train.seed)
-                         for split, recs in self.records.items()}
+        self.examples = {}
+        for split, recs in self.records.items():
+            encoded, report = self.encoder.encode_all(recs)
+            if recs:
+                self._say(f"{split}: {report}")
+            self.examples[split] = self.objective.prepare(encoded, config.train.seed)
         if not self.examples["train"]:
             raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
         self.model = model.to(self.device)
