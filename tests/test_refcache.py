@@ -79,3 +79,15 @@ def test_cache_hit_loads_no_reference_model(tmp_path, model_dir, capsys) -> None
     assert "cached reference log-probs are for different data" in capsys.readouterr().err
     assert loads(["encode.max_length=24"], "fourth") == 2
     assert "cached reference log-probs are for different encoding" in capsys.readouterr().err
+
+
+def test_explain_miss_names_changed_parts(tmp_path) -> None:
+    from prefkit.train.refcache import ReferenceCache
+
+    cache = ReferenceCache(tmp_path)
+    parts = {"weights": "w1", "tokenizer": "t1", "data": "d1", "encoding": "e1"}
+    cache.store(parts, torch.zeros(3, 2))
+    assert cache.load(parts).shape == (3, 2)
+    assert cache.explain_miss({**parts, "weights": "w2"}).endswith("different weights")
+    assert cache.explain_miss({**parts, "tokenizer": "t2", "encoding": "e2"}).endswith("different tokenizer, encoding")
+    assert not list(tmp_path.glob(".tmp-*"))  # written atomically
