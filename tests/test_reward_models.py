@@ -201,3 +201,22 @@ def test_config_checks():
         load_reward_config(None, ["loss.name=dpo"])
     with pytest.raises(ConfigError, match="needs attributes"):
         RewardModelConfig(head="multi")
+
+
+def test_gradient_checkpointing_and_resume(tmp_path):
+    """model.gradient_checkpointing reaches the backbone; a run resumes from its step-2 checkpoint."""
+    from prefkit.train.checkpoint import list_checkpoints
+
+    pairs = tiny_pairs(16)
+    tok = tiny_tokenizer()
+    config = load_reward_config(None, [f"output.dir={tmp_path}", "train.batch_size=8", "train.save_every=2",
+                                       "train.keep_last=3", "train.max_steps=4", "model.gradient_checkpointing=true",
+                                       *QUIET])
+    model = RewardModel.from_backbone(tiny_llama(len(tok)), config.reward, tok)
+    train_reward_model(config, train_records=pairs, model=model)
+    assert model.backbone.is_gradient_checkpointing
+    step2 = [c for c in list_checkpoints(tmp_path) if c.name.endswith("2")][0]
+    fresh = RewardModel.from_backbone(tiny_llama(len(tok)), config.reward, tok)
+    _, summary = train_reward_model(config, train_records=pairs, model=fresh, resume=step2)
+    assert summary["step"] == 4
+    assert torch.allclose(fresh.head.score.weight, model.head.score.weight, atol=1e-6)

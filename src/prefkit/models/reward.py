@@ -615,6 +615,14 @@ class RewardModel(nn.Module):
         """:meth:`save` under the name the trainer calls (``safe_serialization`` is always on)."""
         return self.save(path)
 
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Recompute the backbone's activations in backward (``model.gradient_checkpointing``)."""
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+    def enable_input_require_grads(self) -> None:
+        """Needed with LoRA + gradient checkpointing (frozen embeddings)."""
+        self.backbone.enable_input_require_grads()
+
     def tokens(self) -> RewardTokens:
         """The :class:`RewardTokens` for this model's tokenizer and length settings."""
         if self.tokenizer is None:
