@@ -71,8 +71,8 @@ class ToySettings:
     """Responses drawn per pair; the best and the worst by the hidden reward make the pair."""
 
 
-QUICK = ToySettings(sft_steps=200, train_pairs=2000, eval_pairs=300, eval_prompts=200)
-"""Smaller sizes for tests (``run_demo(quick=True)``, which also runs 120 preference steps)."""
+QUICK = ToySettings(sft_steps=200, train_pairs=2400, eval_pairs=300, eval_prompts=200)
+"""Smaller sizes for tests (``run_demo(quick=True)``, which also runs 150 preference steps)."""
 
 
 @dataclass
@@ -242,23 +242,37 @@ def _mean(xs: list[float]) -> float:
 
 def run_demo(out_dir: str | Path | None = None, seed: int = 0, quick: bool = False, *,
              config: RunConfig | None = None, settings: ToySettings | None = None,
-             progress: bool | None = None, show: bool = True) -> DemoResult:
+             progress: bool | None = None, show: bool = True, threads: int | None = 1) -> DemoResult:
     """Run the toy-world job end to end and return (and, with ``show``, print) the before/after numbers.
 
     Args:
         out_dir: run directory (default ``config.output.dir``, ``runs/demo``); ``sft/`` and ``dpo/`` hold
             the two Trainer runs, ``results.json`` and ``plots/`` the demo's own outputs.
         seed: seeds the world, the model and both training stages.
-        quick: smaller sizes (:data:`QUICK`) and 120 preference steps, for tests.
+        quick: smaller sizes (:data:`QUICK`) and 150 preference steps, for tests.
         config: the preference stage's run config (default: the packaged ``demo.yaml``); its ``model.path``
             and ``data.train`` must be ``toy``.
         settings: world / model / SFT sizes (default :class:`ToySettings`, or :data:`QUICK`).
         progress: show the Trainer's progress bars (default: ``train.progress`` of the config).
         show: print the rich before/after table.
+        threads: torch intra-op threads while the demo runs, restored afterwards (None: leave as is).
+            The tiny model's matrices are too small to gain from more than one, and extra threads
+            only spin when the cores are busy.
     """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(out_dir, seed, quick, config, settings, progress, show)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunConfig | None,
+              settings: ToySettings | None, progress: bool | None, show: bool) -> DemoResult:
     t0 = time.perf_counter()
     if config is None:
-        overrides = [f"train.seed={seed}"] + (["train.max_steps=120", "train.eval_every=40"] if quick else [])
+        overrides = [f"train.seed={seed}"] + (["train.max_steps=150", "train.eval_every=0"] if quick else [])
         config = load_config(demo_config_path(), overrides)
     if not is_toy_config(config):
         from prefkit.errors import ConfigError

@@ -10,7 +10,7 @@ A prompt names a task and a start digit, ``"up 3 :"``; a response is ``RESPONSE_
 
 Responses that are too short, too long or hold a non-digit score 0 on every position they get wrong.
 The SFT data mix a "good" and a "bad" mode half and half (each digit follows, or breaks, the rule
-with probability 0.8), so a model warmed up on them has learned the task format and to follow the
+with probability 0.9), so a model warmed up on them has learned the task format and to follow the
 prompt, but has no preference between good and bad: its held-out preference accuracy is at chance.
 Preference pairs are the best and worst of ``k`` responses from that same mixture, labelled by the
 hidden reward (ties redrawn). Everything is generated from a seed: no files, no downloads.
@@ -122,7 +122,7 @@ def sample_prompts(n: int, rng: random.Random) -> list[Prompt]:
     return [Prompt(rng.choice(names), rng.randrange(10)) for _ in range(n)]
 
 
-def sample_response(prompt: Prompt, rng: random.Random, *, good: bool, p_rule: float = 0.8) -> str:
+def sample_response(prompt: Prompt, rng: random.Random, *, good: bool, p_rule: float = 0.9) -> str:
     """A response from the "good" or the "bad" mode of the toy data.
 
     Each digit, with probability ``p_rule``, is drawn from the digits the hidden rule calls good (bad
