@@ -188,7 +188,7 @@ def run_prefkit(w: Workload, system: str) -> dict:
     def pair(seq, b):
         return PairLogps(seq.logps[:b], seq.logps[b:], seq.tokens[:b], seq.tokens[b:])
 
-    losses, times, tokens = [], [], []
+    losses, times, cpu_times, tokens = [], [], [], []
     mem = PeakRss() if w.device == "cpu" else None
     if mem:
         mem.__enter__()
@@ -197,7 +197,7 @@ def run_prefkit(w: Workload, system: str) -> dict:
             torch.cuda.reset_peak_memory_stats()
         batch = collate(data[step * w.batch_size:(step + 1) * w.batch_size], w.device)
         _sync(w.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.no_grad():
             ref = logps(reference, batch)
         pol = logps(policy, batch)
@@ -210,12 +210,13 @@ def run_prefkit(w: Workload, system: str) -> dict:
         _sync(w.device)
         if step >= w.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             losses.append(value)
             tokens.append(batch.num_tokens())
     if mem:
         mem.__exit__()
     peak = mem.growth if mem else torch.cuda.max_memory_allocated()
-    return _result(w, system, policy, times, tokens, losses, peak)
+    return _result(w, system, policy, times, tokens, losses, peak, cpu_times)
 
 
 def run_trl(w: Workload) -> dict:
@@ -249,6 +250,7 @@ def run_trl(w: Workload) -> dict:
 
     losses: list[float] = []
     times: list[float] = []
+    cpu_times: list[float] = []
     tokens: list[int] = []
     mem = PeakRss() if w.device == "cpu" else None
 
@@ -272,11 +274,12 @@ def run_trl(w: Workload) -> dict:
             if state.global_step == w.warmup and w.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             _sync(w.device)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync(w.device)
             times.append(time.perf_counter() - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
 
     with tempfile.TemporaryDirectory() as out_dir:
         args = trl.DPOConfig(
@@ -293,12 +296,13 @@ def run_trl(w: Workload) -> dict:
     if mem:
         mem.__exit__()
     peak = mem.growth if mem else torch.cuda.max_memory_allocated()
-    result = _result(w, "trl", policy, times[w.warmup:], tokens[w.warmup:], losses[w.warmup:], peak)
+    result = _result(w, "trl", policy, times[w.warmup:], tokens[w.warmup:], losses[w.warmup:], peak,
+                     cpu_times[w.warmup:])
     result["trl_version"] = trl.__version__
     return result
 
 
-def _result(w: Workload, system: str, model, times, tokens, losses, peak) -> dict:
+def _result(w: Workload, system: str, model, times, tokens, losses, peak, cpu_times) -> dict:
     n = non_embedding_params(model)
     step = statistics.median(times)
     tok_per_step = statistics.mean(tokens)
@@ -306,7 +310,8 @@ def _result(w: Workload, system: str, model, times, tokens, losses, peak) -> dic
     out = {"system": system, "shape": w.shape, "device": w.device, "non_embedding_params": n,
            "tokens_per_step": tok_per_step, "step_time_s": step, "step_times_s": times,
            "tokens_per_s": tok_per_step / step, "peak_memory_bytes": peak,
-           "achieved_tflops": flops / step / 1e12, "losses": losses}
+           "achieved_tflops": flops / step / 1e12, "losses": losses,
+           "step_cpu_time_s": statistics.median(cpu_times), "step_cpu_times_s": cpu_times}
     if w.device == "cuda":
         name = torch.cuda.get_device_name()
         peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
@@ -354,14 +359,16 @@ def run_micro(w: Workload, case: str) -> dict:
             out.logps.sum().backward()
             model.zero_grad(set_to_none=True)
     step()  # warm-up
-    times = []
+    times, cpu_times = [], []
     with PeakRss() as mem:
         for _ in range(w.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     return {"case": case, "shape": w.shape, "tokens": tokens, "time_s": statistics.median(times),
-            "times_s": times, "peak_rss_growth_bytes": mem.growth}
+            "times_s": times, "cpu_time_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+            "peak_rss_growth_bytes": mem.growth}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
                 if "error" in res:
                     print(f"{shape} {case}: ERROR\n{res['error']}")
                     continue
-                print(f"{shape:>12} {case:>15}: {res['time_s'] * 1e3:8.1f} ms  "
+                print(f"{shape:>12} {case:>15}: {res['time_s'] * 1e3:8.1f} ms (CPU time "
+                      f"{res['cpu_time_s'] * 1e3:8.1f} ms)  "
                       f"peak +{_fmt_bytes(res['peak_rss_growth_bytes'])}  ({res['tokens']} tokens)")
             continue
         for system in args.systems.split(","):
@@ -476,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{shape} {system}: {res.get('skipped') or 'ERROR'}\n{res.get('error', '')}")
                 continue
             mfu = f"  MFU {res['mfu']:.1%}" if res.get("mfu") is not None else ""
-            print(f"{shape:>12} {system:>15}: {res['tokens_per_s']:9.0f} tok/s  step {res['step_time_s']:.3f} s  "
+            print(f"{shape:>12} {system:>15}: {res['tokens_per_s']:9.0f} tok/s  step {res['step_time_s']:.3f} s "
+                  f"(CPU time {res['step_cpu_time_s']:.3f} s)  "
                   f"peak {_fmt_bytes(res['peak_memory_bytes'])}  {res['achieved_tflops']:.3f} TFLOP/s{mfu}")
             print(f"{'':>30} losses: {' '.join(f'{x:.6f}' for x in res['losses'][:10])}")
         ok = [r for r in report["results"] if r.get("shape") == shape and "losses" in r]
