@@ -87,3 +87,23 @@ def test_no_full_vocab_logits(setup, monkeypatch, packing) -> None:
     batch = enc.collate(enc.encode_all(tiny_pairs(2))[0])
     monkeypatch.setattr(type(model), "forward", lambda *a, **k: pytest.fail("full forward called"))
     sequence_logps(model, batch, packing=packing)
+
+
+def test_ddp_wrapper_refused_with_gradients(setup, tmp_path) -> None:
+    """The engine calls the decoder directly, so a DDP wrapper's gradient sync would be skipped: with
+    gradients on it refuses one (the trainer wraps ``PolicyStep`` instead); under no_grad it unwraps."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    tok, enc = setup
+    batch = enc.collate(enc.encode_all(tiny_pairs(2))[0])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = tiny_llama(len(tok))
+        wrapped = DistributedDataParallel(model)
+        with pytest.raises(TypeError, match="gradient sync would be skipped"):
+            sequence_logps(wrapped, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(sequence_logps(wrapped, batch).logps, sequence_logps(model, batch).logps)
+    finally:
+        dist.destroy_process_group()

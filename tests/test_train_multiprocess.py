@@ -52,3 +52,59 @@ def test_two_processes_match_one(tmp_path) -> None:
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-6 and a[0]["loss"] > 0
     assert abs(a[0]["grad_norm"] - b[0]["grad_norm"]) < 1e-5
     assert abs(a[1]["loss"] - b[1]["loss"]) < 1e-5
+
+
+WORKER = '''
+import copy, json, sys
+from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
+from prefkit.train.config import load_config
+from prefkit.train.trainer import Trainer
+
+out, kind, batch_size, grad_accum = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tok = copy.deepcopy(tiny_tokenizer())
+quiet = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
+         "train.max_steps=1", "train.lr=1e-2", "train.scheduler=constant", "train.max_grad_norm=0",
+         f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", f"output.dir={out}"]
+if kind == "rm":
+    from prefkit.models.reward import RewardModel, RewardObjective, RewardModelConfig, as_text_record
+    from prefkit.losses.registry import get_loss
+    import torch
+    torch.manual_seed(0)  # the head's initialisation
+    model = RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(), tok)
+    cfg = load_config(overrides=[*quiet, "loss.name=bradley_terry", "encode.add_eos=false", "encode.add_bos=false"])
+    objective = RewardObjective("bradley_terry", get_loss("bradley_terry"), dict(cfg.loss.params), model.tokens(), ())
+    records = [as_text_record(r, tok) for r in tiny_pairs(8)]
+    trainer = Trainer(cfg, model, tok, records, objective=objective)
+else:
+    model = tiny_llama(len(tok))
+    trainer = Trainer(load_config(overrides=[*quiet, "loss.name=dpo", "loss.beta=0.5"]), model, tok, tiny_pairs(8))
+log = trainer.train()
+wrapper = type(trainer.step_module).__name__
+if trainer.accelerator.is_main_process:
+    change = sum(float((p.detach() ** 2).sum()) for p in model.parameters())
+    json.dump({"loss": log["loss"], "grad_norm": log["grad_norm"], "wrapper": wrapper, "weights": change},
+              open(out + ".json", "w"))
+'''
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+                    reason="accelerate CLI not installed")
+@pytest.mark.parametrize("kind", ["policy", "rm"])
+def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) -> None:
+    """The training forward goes through DDP (PolicyStep wrapped), micro-steps before the last skip the
+    sync, and 2 processes x batch 2 x 2 micro-steps give one process's batch-8 step (policy and reward
+    model: loss, gradient norm and updated weights)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, str(script), str(tmp_path / "one"), kind, "8", "1"]
+    two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+           str(script), str(tmp_path / "two"), kind, "2", "2"]
+    for cmd in (one, two):
+        subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert a["wrapper"] == "PolicyStep" and b["wrapper"] == "DistributedDataParallel"
+    assert abs(a["loss"] - b["loss"]) < 1e-6 and a["loss"] > 0
+    assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-5 * max(1.0, a["grad_norm"])
+    assert abs(a["weights"] - b["weights"]) < 1e-5 * max(1.0, a["weights"])

@@ -54,6 +54,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _check_not_distributed(model: nn.Module) -> None:
+    """Refuse a DDP/FSDP wrapper when gradients are on: the engine would bypass its ``forward``."""
+    if not torch.is_grad_enabled():
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrappers: tuple[type, ...] = (DistributedDataParallel,)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrappers += (FullyShardedDataParallel,)
+    except ImportError:  # torch built without distributed support
+        pass
+    if isinstance(model, wrappers):
+        raise TypeError(f"sequence_logps got a {type(model).__name__}-wrapped model with gradients on; the engine "
+                        "calls the decoder directly, so the wrapper's gradient sync would be skipped. Wrap a "
+                        "module whose forward calls sequence_logps instead (prefkit.train.trainer.PolicyStep)")
+
+
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder (returns final, normed hidden states) and the output layer of a causal LM."""
     lm = _unwrap(model)
@@ -86,7 +105,11 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
 
     Deviation: models whose logits are post-processed after the output layer (final logit
     soft-capping, e.g. Gemma 2) are not supported by the chunked path and raise ``ValueError``.
+    With gradients on, a DDP/FSDP-wrapped ``model`` raises ``TypeError``: the engine runs the decoder
+    and the output layer itself, bypassing the wrapper's ``forward`` and so its gradient sync; call
+    ``sequence_logps`` on the bare model inside the wrapped module's ``forward`` (as the trainer does).
     """
+    _check_not_distributed(model)
     if packing and fast_path_unsupported(model) is None:  # the padding-free fast path
         out = packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=chunk_size,
                                     token_logps=token_logps)

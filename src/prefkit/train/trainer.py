@@ -24,6 +24,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,6 +200,26 @@ def make_objective(config: RunConfig) -> Objective:
                                mc.share_prefix)
 
 
+class PolicyStep(nn.Module):
+    """The policy and the objective as one module: what ``accelerate`` wraps (DDP, FSDP, DeepSpeed).
+
+    ``forward(batch, reference)`` is one objective call on the *unwrapped* policy. The objective may
+    reach inside the model (the log-prob engine runs the decoder and the output layer directly; a
+    reward objective reads ``model.head``), which a DDP wrapper around the bare policy would not see:
+    its gradient synchronisation hooks are armed by its own ``forward``. Wrapping this module instead
+    routes every training forward through the wrapper's ``forward``, whatever the objective does
+    inside. The objective is kept as a plain attribute (not a submodule): its state is not replicated.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "objective", objective)
+
+    def forward(self, batch: Batch, reference: SequenceLogps | None) -> StepOutput:
+        return self.objective(self.model, batch, reference)
+
+
 # -- data order --------------------------------------------------------------------------------------------
 
 
@@ -251,9 +272,16 @@ class Trainer:
     gradient checkpointing, periodic evaluation; multi-process data parallel (``accelerate launch``);
     atomic checkpoints and exact resume (model, optimizer, scheduler, RNG, data position).
 
-    Assumptions: the model is a causal LM (``*ForCausalLM``, optionally PEFT-wrapped); every example of
-    a dataset has the same group size (rankings: the same k); gradients are all-reduced explicitly after
-    the micro-steps (no DDP wrapper), so multi-process training is data parallel with full replicas.
+    Assumptions: the model is a causal LM (``*ForCausalLM``, optionally PEFT-wrapped) or what a custom
+    objective expects; every example of a dataset has the same group size (rankings: the same k). The
+    distributed layer is ``accelerate``'s: the policy and the objective go through ``accelerator.prepare``
+    as one :class:`PolicyStep` (DDP when ``num_processes > 1``), so every training forward passes through
+    the wrapper; micro-steps before the last one of an optimizer step run under ``accelerator.no_sync``.
+    Every trainable parameter must get a gradient in every step (DDP without ``find_unused_parameters``).
+    ``self.model`` stays the unwrapped policy: checkpoints, the frozen reference copy and the saved model
+    are taken from it, which assumes full replicas on every process (DDP); sharded setups (FSDP,
+    DeepSpeed ZeRO-3) run the loop but their checkpoints are not gathered here. Evaluation runs the
+    unwrapped module (no gradients, and processes may hold different numbers of eval batches).
     """
 
     def __init__(self, config: RunConfig, model: nn.Module, tokenizer: Any,
@@ -302,13 +330,16 @@ class Trainer:
             if is_peft(model):
                 model.enable_input_require_grads()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._step_module = PolicyStep(model, self.objective)
         tc = config.train
         self.order = DataOrder(len(self.examples["train"]), tc.batch_size, tc.seed,
                                self.accelerator.process_index, self.accelerator.num_processes)
         self.total_steps = tc.max_steps or max(1, int(tc.epochs * self.order.batches_per_epoch) // tc.grad_accum)
         optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
-        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        # One prepare call for module and optimizer (FSDP/DeepSpeed re-map the optimizer's parameters).
+        # The scheduler stays ours: accelerate's wrapper would step it once per process.
+        self.step_module, self.optimizer = self.accelerator.prepare(self._step_module, optimizer)
         from transformers import get_scheduler
 
         warmup = tc.warmup_steps or math.ceil(tc.warmup_ratio * self.total_steps)
@@ -391,21 +422,13 @@ class Trainer:
     # -- one batch ------------------------------------------------------------------------------------------
 
     def _forward(self, split: str, indices: Tensor) -> tuple[StepOutput, Batch]:
+        """One batch through the objective: the prepared (wrapped) module in training, the bare one in eval."""
         batch = collate([self.examples[split][i] for i in indices.tolist()], self.encoder.pad_id).to(self.device)
+        step = self.step_module if split == "train" else self._step_module
         with self.accelerator.autocast():
             ref_source = self.reference[split]
             ref = ref_source(batch, indices) if self.objective.needs_reference and ref_source else None
-            return self.objective(self.model, batch, ref), batch
-
-    def _all_reduce_grads(self) -> None:
-        """Sum gradients over processes (each micro-loss is already divided by the global count)."""
-        if self.accelerator.num_processes == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        torch.distributed.all_reduce(flat)
-        for p, g in zip(self.params, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-            p.grad = g
+            return step(batch, ref), batch
 
     def _reduce(self, sums: dict[str, list[float]]) -> dict[str, float]:
         """Per-key (sum, count) over processes -> means."""
@@ -431,7 +454,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             writer.truncate_after(start)
-        self.model.train()
+        self.step_module.train()
         last: dict[str, float] = {}
         sums: dict[str, list[float]] = {}
         tokens, t_log = 0, time.perf_counter()
@@ -441,18 +464,22 @@ class Trainer:
             for step in range(start + 1, self.total_steps + 1):
                 micro = [self.order.next() for _ in range(tc.grad_accum)]
                 n_global = sum(len(ix) for ix in micro) * acc.num_processes
-                for indices in micro:
-                    out, batch = self._forward("train", indices)
-                    weight = batch.weight.to(out.losses) if batch.weight is not None else 1.0
-                    loss = (out.losses * weight).sum() / n_global  # this micro-batch's share of the step mean
-                    acc.backward(loss)
+                for i, indices in enumerate(micro):
+                    # Gradients sync (DDP all-reduce) only in the backward of the last micro-step.
+                    sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(self.step_module)
+                    with sync:
+                        out, batch = self._forward("train", indices)
+                        weight = batch.weight.to(out.losses) if batch.weight is not None else 1.0
+                        total = (out.losses * weight).sum()  # () this micro-batch's weighted loss sum
+                        # DDP averages gradients over processes: x num_processes makes the step's gradient
+                        # the mean over all n_global examples of the global step.
+                        acc.backward(total * (acc.num_processes / n_global))
                     tokens += batch.num_tokens()
-                    _add(sums, "loss", loss.detach() * n_global, len(indices))
+                    _add(sums, "loss", total.detach(), len(indices))
                     for key, value in out.metrics.items():
                         _add_metric(sums, key, value, len(indices))
-                self._all_reduce_grads()
                 max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
-                grad_norm = acc.clip_grad_norm_(self.params, max_norm)
+                grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), max_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -497,8 +524,8 @@ class Trainer:
         starts = list(range(0, len(examples), bs))[acc.process_index::acc.num_processes]
         if self.config.train.eval_batches:
             starts = starts[:self.config.train.eval_batches]
-        was_training = self.model.training
-        self.model.eval()
+        was_training = self._step_module.training
+        self._step_module.eval()
         sums: dict[str, list[float]] = {}
         with torch.no_grad():
             for s in starts:
@@ -507,7 +534,7 @@ class Trainer:
                 _add(sums, "loss", (out.losses * weight).sum(), len(out.losses))
                 for key, value in out.metrics.items():
                     _add_metric(sums, key, value, len(out.losses))
-        self.model.train(was_training)
+        self._step_module.train(was_training)
         return {f"eval/{k}": v for k, v in self._reduce(sums).items()}
 
     def _log_eval(self, writer: MetricsWriter | None, step: int) -> dict[str, float]:
@@ -590,5 +617,5 @@ def _add_metric(sums: dict[str, list[float]], key: str, value: Tensor, batch_siz
         _add(sums, key, value[ok].sum(), int(ok.sum()))
 
 
-__all__ = ["Trainer", "Objective", "StepOutput", "PreferenceObjective", "DataOrder", "make_objective",
+__all__ = ["Trainer", "Objective", "StepOutput", "PreferenceObjective", "PolicyStep", "DataOrder", "make_objective",
            "preference_metrics"]
