@@ -134,6 +134,18 @@ class LossConfig:
     """Registry name of the loss (``prefkit losses`` lists them)."""
     params: dict[str, Any] = field(default_factory=dict)
     """The loss's keyword parameters; written flat in the section (``loss: {name: dpo, beta: 0.2}``)."""
+    wpo: bool = False
+    """WPO (arXiv 2406.11827): multiply each pair's loss by the detached weight exp(mean token log-prob
+    of chosen + of rejected) under the current policy (``prefkit.losses.transforms.wpo_weights``); pair
+    losses only."""
+    ld_dpo_alpha: float | None = None
+    """LD-DPO (arXiv 2409.06411): scale the log-probs of tokens past the shorter response's length by this
+    α in [0, 1], for the policy and the reference, before the loss (``prefkit.losses.transforms.ld_dpo``);
+    unset = off, 1 = no change; pair losses only; needs per-token reference log-probs (not the cache)."""
+
+    def __post_init__(self) -> None:
+        if self.ld_dpo_alpha is not None and not 0.0 <= self.ld_dpo_alpha <= 1.0:
+            raise ConfigError(f"loss.ld_dpo_alpha must be in [0, 1] (1 = no change); got {self.ld_dpo_alpha}")
 
 
 @dataclass
@@ -372,11 +384,13 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
-    if cls is LossConfig:  # flat section: name + the loss's parameters
+    if cls is LossConfig:  # flat section: name, the input switches and the loss's parameters
+        own = [f.name for f in dataclasses.fields(LossConfig) if f.name != "params"]
         params = dict(data.get("params") or {})
-        params.update({k: v for k, v in data.items() if k not in ("name", "params")})
-        if "name" in data:
-            kwargs["name"] = _coerce(data["name"], str, prefix + "name")
+        params.update({k: v for k, v in data.items() if k not in (*own, "params")})
+        for key in own:
+            if key in data:
+                kwargs[key] = _coerce(data[key], hints[key], prefix + key)
         return LossConfig(**kwargs, params=params)
     for key, value in data.items():
         if key not in names:
@@ -390,8 +404,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, LossConfig):
-            out[f.name] = {"name": value.name, **value.params}
+        if isinstance(value, LossConfig):  # switches only when on (older configs and checkpoints lack them)
+            switches = {k: getattr(value, k) for k in ("wpo", "ld_dpo_alpha")
+                        if getattr(value, k) != getattr(LossConfig, k)}
+            out[f.name] = {"name": value.name, **switches, **value.params}
         elif dataclasses.is_dataclass(value):
             out[f.name] = to_dict(value)
         elif isinstance(value, tuple):
@@ -456,6 +472,14 @@ def check_loss(cfg: RunConfig) -> None:
     if cfg.reference.mode == "precomputed" and spec.needs_reference and "token_logps" in spec.needs:
         raise ConfigError(f"loss {cfg.loss.name!r} needs per-token reference log-probs, which the cache "
                           "does not hold; use reference.mode=frozen or adapters_off")
+    switches = [k for k, on in (("loss.wpo", cfg.loss.wpo), ("loss.ld_dpo_alpha", cfg.loss.ld_dpo_alpha is not None))
+                if on]
+    if switches and spec.kind != "pair":
+        raise ConfigError(f"{' and '.join(switches)} apply to pair losses only; loss {cfg.loss.name!r} is of kind "
+                          f"{spec.kind!r}")
+    if cfg.loss.ld_dpo_alpha is not None and cfg.reference.mode == "precomputed" and spec.needs_reference:
+        raise ConfigError("loss.ld_dpo_alpha needs per-token reference log-probs, which the cache does not hold; "
+                          "use reference.mode=frozen or adapters_off")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

@@ -37,6 +37,7 @@ from prefkit.data.encode import EncodedExample, EncodedSequence, Encoder, collat
 from prefkit.data.records import Record
 from prefkit.errors import ConfigError, DataError, PrefkitError
 from prefkit.losses.registry import get_loss
+from prefkit.losses.transforms import ld_dpo, wpo_weights
 from prefkit.losses.types import LossSpec
 from prefkit.models.load import frozen_copy, is_peft
 from prefkit.models.logprobs import (
@@ -102,6 +103,10 @@ class PreferenceObjective:
     Unpaired losses that use a reference get KTO's KL reference point: each example gets a second
     sequence, its prompt with the completion of another example (a fixed, seeded derangement of the
     dataset), so rows [B:2B) of a batch are mismatched pairs, scored in the same forward pass.
+
+    Pair losses take two optional input transforms (``loss.wpo``, ``loss.ld_dpo_alpha``): LD-DPO rewrites
+    the policy and reference :class:`PairLogps` before the loss; WPO multiplies the per-example losses
+    by detached weights computed from the (untransformed) policy log-probs.
     """
 
     name: str
@@ -110,6 +115,15 @@ class PreferenceObjective:
     chunk_size: int = 1024
     packing: bool = True
     share_prefix: bool = True
+    wpo: bool = False
+    """Weight each pair's loss by :func:`~prefkit.losses.transforms.wpo_weights` (pair losses)."""
+    ld_dpo_alpha: float | None = None
+    """Apply :func:`~prefkit.losses.transforms.ld_dpo` with this α to policy and reference (pair losses)."""
+
+    def __post_init__(self) -> None:
+        if (self.wpo or self.ld_dpo_alpha is not None) and self.spec.kind != "pair":
+            raise ConfigError(f"WPO / LD-DPO apply to pair losses only; loss {self.name!r} is of kind "
+                              f"{self.spec.kind!r}")
 
     @property
     def needs_reference(self) -> bool:
@@ -117,7 +131,7 @@ class PreferenceObjective:
 
     @property
     def token_logps(self) -> bool:
-        return "token_logps" in self.spec.needs
+        return "token_logps" in self.spec.needs or self.ld_dpo_alpha is not None
 
     @property
     def kl_pairs(self) -> bool:
@@ -133,6 +147,12 @@ class PreferenceObjective:
         if len(sizes) > 1:
             raise DataError(f"rankings of different lengths (k = {sizes}) cannot share batches; keep one k "
                             "per dataset (e.g. convert to pairs)")
+        if "strength" in self.spec.needs:  # NaN strengths (collated from missing ones) would give NaN losses
+            missing = sum(ex.strength is None for ex in examples)
+            if missing:
+                raise DataError(f"loss {self.name!r} needs a strength on every pair, but {missing} of "
+                                f"{len(examples)} records have none; give each record a 'strength' (or 'margin') "
+                                "value or drop those records")
         if not self.kl_pairs or len(examples) < 2:
             return examples
         order = list(range(len(examples)))
@@ -158,8 +178,18 @@ class PreferenceObjective:
         policy = self._inputs(seq, batch)
         ref = self._inputs(reference, batch) if reference is not None and self.needs_reference else None
         inputs = {k: getattr(batch, _INPUTS[k]) for k in self.spec.needs if k in _INPUTS}
-        out = self.spec.fn(policy, ref, **inputs, **self.params)
-        return StepOutput(out.losses, preference_metrics(self.spec.kind, out, policy, batch))
+        if self.ld_dpo_alpha is None:
+            out = self.spec.fn(policy, ref, **inputs, **self.params)
+        else:
+            out = self.spec.fn(ld_dpo(policy, alpha=self.ld_dpo_alpha),
+                               None if ref is None else ld_dpo(ref, alpha=self.ld_dpo_alpha), **inputs, **self.params)
+        metrics = preference_metrics(self.spec.kind, out, policy, batch)
+        losses = out.losses
+        if self.wpo:
+            weights = wpo_weights(policy)  # (B,) detached
+            losses = losses * weights.to(losses)
+            metrics["wpo/weights"] = weights.float()
+        return StepOutput(losses, metrics)
 
 
 def preference_metrics(kind: str, out: Any, policy: Any, batch: Batch) -> dict[str, Tensor]:
@@ -197,7 +227,7 @@ def make_objective(config: RunConfig) -> Objective:
                           "(or pass Trainer(objective=prefkit.models.reward.RewardObjective(...)))")
     mc = config.model
     return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), mc.chunk_size, mc.packing,
-                               mc.share_prefix)
+                               mc.share_prefix, wpo=config.loss.wpo, ld_dpo_alpha=config.loss.ld_dpo_alpha)
 
 
 class PolicyStep(nn.Module):
