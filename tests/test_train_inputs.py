@@ -8,9 +8,10 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from prefkit.errors import ConfigError
-from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
+from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer, tiny_unpaired
 from prefkit.train.config import dump_config, load_config
 from prefkit.train.metrics import read_metrics
 from prefkit.train.trainer import Trainer
@@ -77,3 +78,30 @@ def test_missing_strength_is_an_error_before_training(tmp_path, name: str) -> No
     with pytest.raises(DataError, match="8 of 8 records have none"):
         Trainer(cfg, tiny_llama(len(tok)), tok, [dataclasses.replace(p, strength=None) for p in tiny_pairs(8)])
     Trainer(cfg, tiny_llama(len(tok)), tok, [dataclasses.replace(p, strength=0.5) for p in tiny_pairs(8)])
+
+
+def test_bco_running_reward_mean_is_delta_and_resumes_exactly(tmp_path) -> None:
+    """BCO's δ is the mean of all rewards of the previous steps (step 1: the configured δ = 0); it is
+    saved in checkpoints, so a run resumed from step 2 ends with the same weights and δ."""
+    from prefkit.train import checkpoint as ckpt
+
+    overrides = ["loss.name=bco_pair", "train.max_steps=4", "train.save_every=1", "train.keep_last=4"]
+    rows = train(tmp_path, "bco", *overrides)
+    assert rows[0]["bco/delta"] == 0.0
+    # one batch of 8 pairs per step: mean of the 16 rewards = (mean chosen + mean rejected) / 2
+    assert abs(rows[1]["bco/delta"] - (rows[0]["rewards/chosen"] + rows[0]["rewards/rejected"]) / 2) < 1e-6
+    assert rows[2]["bco/delta"] != 0.0
+    assert abs(rows[2]["bco/delta"] - sum(r["rewards/chosen"] + r["rewards/rejected"] for r in rows[:2]) / 4) < 1e-6
+    tok = copy.deepcopy(tiny_tokenizer())
+    cfg = load_config(overrides=[*FAST, *overrides, f"output.dir={tmp_path / 'bco'}"])
+    full = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
+    full.train()
+    step2 = [c for c in ckpt.list_checkpoints(tmp_path / "bco") if c.name.endswith("2")][0]
+    resumed = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
+    resumed.train(resume=step2)
+    assert resumed.objective.delta == full.objective.delta and resumed.reward_mean == full.reward_mean
+    for (name, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    unpaired = train(tmp_path, "kto-data", "loss.name=bco", "train.max_steps=3", records=tiny_unpaired(8))
+    # step 1: policy = reference, every reward is 0; from step 2 on the policy moved
+    assert unpaired[0]["bco/delta"] == 0.0 and unpaired[2]["bco/delta"] != 0.0

@@ -77,23 +77,25 @@ if kind == "rm":
     trainer = Trainer(cfg, model, tok, records, objective=objective)
 else:
     model = tiny_llama(len(tok))
-    trainer = Trainer(load_config(overrides=[*quiet, "loss.name=dpo", "loss.beta=0.5"]), model, tok, tiny_pairs(8))
+    loss = ["loss.name=bco_pair", "train.max_steps=2"] if kind == "bco" else ["loss.name=dpo", "loss.beta=0.5"]
+    trainer = Trainer(load_config(overrides=[*quiet, *loss]), model, tok, tiny_pairs(8))
 log = trainer.train()
 wrapper = type(trainer.step_module).__name__
 if trainer.accelerator.is_main_process:
     change = sum(float((p.detach() ** 2).sum()) for p in model.parameters())
-    json.dump({"loss": log["loss"], "grad_norm": log["grad_norm"], "wrapper": wrapper, "weights": change},
+    json.dump({"loss": log["loss"], "grad_norm": log["grad_norm"], "wrapper": wrapper, "weights": change,
+               "reward_mean": trainer.reward_mean},
               open(out + ".json", "w"))
 '''
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
                     reason="accelerate CLI not installed")
-@pytest.mark.parametrize("kind", ["policy", "rm"])
+@pytest.mark.parametrize("kind", ["policy", "rm", "bco"])
 def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) -> None:
     """The training forward goes through DDP (PolicyStep wrapped), micro-steps before the last skip the
     sync, and 2 processes x batch 2 x 2 micro-steps give one process's batch-8 step (policy and reward
-    model: loss, gradient norm and updated weights)."""
+    model: loss, gradient norm and updated weights; BCO: the running reward mean over all processes)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -108,3 +110,6 @@ def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) 
     assert abs(a["loss"] - b["loss"]) < 1e-6 and a["loss"] > 0
     assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-5 * max(1.0, a["grad_norm"])
     assert abs(a["weights"] - b["weights"]) < 1e-5 * max(1.0, a["weights"])
+    if kind == "bco":
+        assert a["reward_mean"][1] == b["reward_mean"][1] == 32  # 2 steps x 8 pairs x 2 rewards; sums agree to float error
+        assert abs(a["reward_mean"][0] - b["reward_mean"][0]) < 1e-4 and a["reward_mean"][0] != 0

@@ -93,6 +93,9 @@ class Objective(Protocol):
     def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput: ...
 
 
+RUNNING_DELTA_LOSSES = ("bco", "bco_pair")
+"""Losses whose ``delta`` the trainer sets each step to the running mean of all rewards seen so far."""
+
 _INPUTS = {"strength": "strength", "labels": "labels", "scores": "scores", "ties": "ties"}
 
 
@@ -119,6 +122,14 @@ class PreferenceObjective:
     """Weight each pair's loss by :func:`~prefkit.losses.transforms.wpo_weights` (pair losses)."""
     ld_dpo_alpha: float | None = None
     """Apply :func:`~prefkit.losses.transforms.ld_dpo` with this α to policy and reference (pair losses)."""
+    delta: float | None = None
+    """BCO's reward shift δ for the next call, set by the trainer from the running reward mean (see
+    ``tracks_reward_mean``); None uses the configured ``delta``."""
+
+    @property
+    def tracks_reward_mean(self) -> bool:
+        """Whether the loss takes a running mean of the rewards as ``delta`` (BCO, Jung et al. 2024)."""
+        return self.name in RUNNING_DELTA_LOSSES
 
     def __post_init__(self) -> None:
         if (self.wpo or self.ld_dpo_alpha is not None) and self.spec.kind != "pair":
@@ -178,11 +189,12 @@ class PreferenceObjective:
         policy = self._inputs(seq, batch)
         ref = self._inputs(reference, batch) if reference is not None and self.needs_reference else None
         inputs = {k: getattr(batch, _INPUTS[k]) for k in self.spec.needs if k in _INPUTS}
+        params = self.params if self.delta is None else {**self.params, "delta": self.delta}
         if self.ld_dpo_alpha is None:
-            out = self.spec.fn(policy, ref, **inputs, **self.params)
+            out = self.spec.fn(policy, ref, **inputs, **params)
         else:
             out = self.spec.fn(ld_dpo(policy, alpha=self.ld_dpo_alpha),
-                               None if ref is None else ld_dpo(ref, alpha=self.ld_dpo_alpha), **inputs, **self.params)
+                               None if ref is None else ld_dpo(ref, alpha=self.ld_dpo_alpha), **inputs, **params)
         metrics = preference_metrics(self.spec.kind, out, policy, batch)
         losses = out.losses
         if self.wpo:
@@ -381,6 +393,9 @@ class Trainer:
         if reference is None and self.objective.needs_reference:
             self.reference = {split: self._build_reference(split) for split in ("train", "eval")}
         self.step = 0
+        # BCO: (sum, count) of every reward of the steps so far, over all processes; δ = sum / count.
+        self.reward_mean: list[float] | None = [0.0, 0.0] if getattr(self.objective, "tracks_reward_mean",
+                                                                      False) else None
 
     # -- reference ------------------------------------------------------------------------------------
 
@@ -460,6 +475,23 @@ class Trainer:
             ref = ref_source(batch, indices) if self.objective.needs_reference and ref_source else None
             return step(batch, ref), batch
 
+    def _update_reward_mean(self, step_rewards: list[float]) -> float:
+        """Add this step's rewards (all processes) to the running mean; returns the δ the step used.
+
+        Deviation from BCO (and TRL, which updates the mean with the current batch first): the step uses
+        the mean of the *previous* steps' rewards (the first step the configured ``delta``), so the
+        mean needs no extra synchronisation before the loss.
+        """
+        used = self.objective.delta
+        used = float(self.objective.params.get("delta", 0.0)) if used is None else used
+        t = torch.tensor(step_rewards, dtype=torch.float64, device=self.device)
+        if self.accelerator.num_processes > 1:
+            t = self.accelerator.reduce(t, reduction="sum")
+        self.reward_mean = [self.reward_mean[0] + float(t[0]), self.reward_mean[1] + float(t[1])]
+        if self.reward_mean[1]:
+            self.objective.delta = self.reward_mean[0] / self.reward_mean[1]
+        return used
+
     def _reduce(self, sums: dict[str, list[float]]) -> dict[str, float]:
         """Per-key (sum, count) over processes -> means."""
         if self.accelerator.num_processes > 1:  # a process may lack a key (e.g. no eval batch): union them
@@ -493,6 +525,7 @@ class Trainer:
         with bar:
             for step in range(start + 1, self.total_steps + 1):
                 micro = [self.order.next() for _ in range(tc.grad_accum)]
+                step_rewards = [0.0, 0.0]  # (sum, count) of this step's rewards on this process
                 n_global = sum(len(ix) for ix in micro) * acc.num_processes
                 for i, indices in enumerate(micro):
                     # Gradients sync (DDP all-reduce) only in the backward of the last micro-step.
@@ -505,6 +538,8 @@ class Trainer:
                         # the mean over all n_global examples of the global step.
                         acc.backward(total * (acc.num_processes / n_global))
                     tokens += batch.num_tokens()
+                    if self.reward_mean is not None:
+                        _add_rewards(step_rewards, out.metrics)
                     _add(sums, "loss", total.detach(), len(indices))
                     for key, value in out.metrics.items():
                         _add_metric(sums, key, value, len(indices))
@@ -514,6 +549,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step = step
+                if self.reward_mean is not None:
+                    _add(sums, "bco/delta", self._update_reward_mean(step_rewards), 1)
                 if step % tc.log_every == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - t_log
                     tok = self._reduce({"t": [float(tokens), 1.0]})["t"] * acc.num_processes
@@ -578,6 +615,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write ``<run>/checkpoints/step-N`` atomically (keeps ``train.keep_last``)."""
         state = {"epoch": self.order.epoch, "batch": self.order.batch, "world": self.accelerator.num_processes,
+                 "reward_mean": self.reward_mean,
                  "config": _flat(to_dict(self.config))}
         return ckpt.save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last,
@@ -592,6 +630,10 @@ class Trainer:
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      accelerator=self.accelerator)
         self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
+        if self.reward_mean is not None and state.get("reward_mean"):
+            self.reward_mean = list(state["reward_mean"])
+            if self.reward_mean[1]:
+                self.objective.delta = self.reward_mean[0] / self.reward_mean[1]
         self._say(f"resumed from {path} (step {self.step})")
         return self.step
 
@@ -635,6 +677,16 @@ def _add(sums: dict[str, list[float]], key: str, total: Tensor | float, count: i
     entry = sums.setdefault(key, [0.0, 0.0])
     entry[0] += float(total)
     entry[1] += count
+
+
+def _add_rewards(step_rewards: list[float], metrics: dict[str, Tensor]) -> None:
+    """Add the non-NaN ``rewards/chosen`` and ``rewards/rejected`` (B,) entries to (sum, count)."""
+    for key in ("rewards/chosen", "rewards/rejected"):
+        value = metrics.get(key)
+        if value is not None:
+            ok = ~torch.isnan(value)
+            step_rewards[0] += float(value[ok].double().sum())
+            step_rewards[1] += int(ok.sum())
 
 
 def _add_metric(sums: dict[str, list[float]], key: str, value: Tensor, batch_size: int) -> None:
