@@ -205,3 +205,19 @@ def test_sequence_logps_dispatches_to_fast_path():
     torch.testing.assert_close(fast.mask, slow.mask)
     packed = sequence_logps(model, pack_batch(batch))  # the packed layout only runs on the fast path
     torch.testing.assert_close(packed.logps, slow.logps, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_models_are_refused_and_run_padded():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from prefkit.models.logprobs import sequence_logps
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                         sliding_window=4, max_window_layers=1, max_position_embeddings=128)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).float().eval()
+    assert "sliding-window" in fast_path_unsupported(model)
+    batch = _batch(*UNEVEN)
+    torch.testing.assert_close(sequence_logps(model, batch).logps, _naive(model, batch)[0], atol=1e-5, rtol=1e-5)

@@ -15,17 +15,20 @@ Three ideas, each exact (the log-probs equal the padded computation up to float 
    through the output layer, via :func:`prefkit.models.chunked.target_logps`, so the full
    ``(tokens, vocab)`` logits are never built.
 
-Attention backends (``attention="auto"`` picks from ``model.config._attn_implementation``):
+Models with sliding-window, linear or soft-capped attention layers are refused
+(:func:`fast_path_unsupported`); ``sequence_logps`` then runs them padded. Attention backends for the
+rest (``attention="auto"`` picks from ``model.config._attn_implementation``):
 
 - ``flash_attention_*`` (varlen kernels), no prefix sharing: one row, ``position_ids`` only;
   transformers derives ``cu_seqlens`` from the position-id restarts. Exactly no padding.
-- ``flex_attention`` on CUDA: a FlexAttention ``BlockMask`` built from a mask function (block-sparse:
-  fully masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13.
-- ``segments`` (the default otherwise, for models whose layers are all full attention and that do not
-  use activation checkpointing, which would recompute the layers outside the switch): one row, and
+- ``flex_attention`` models on CUDA under activation checkpointing: a FlexAttention ``BlockMask`` built from a mask function (block-sparse: fully
+  masked tiles are skipped). FlexAttention has no CPU backward in torch 2.13, so this path is not
+  covered by the CPU tests.
+- ``segments`` (the default, unless activation checkpointing is on: it recomputes the layers after
+  the implementation switch has been undone): one row, and
   :mod:`prefkit.models.attention` runs one SDPA call per segment (causal per sequence; a completion
   against ``[prompt, itself]``), so nothing outside the segments is computed, on CPU and GPU alike.
-- ``dense`` (explicit, sliding-window models, activation checkpointing): a dense 4D mask per row, boolean for SDPA,
+- ``dense`` (explicit, or activation checkpointing): a dense 4D mask per row, boolean for SDPA,
   additive float for eager. A dense mask costs attention over the whole row, so sequences are
   bin-packed (first-fit decreasing) into rows no longer than the longest packed unit
   (``max_row_tokens`` to override); rows carry a few padding tokens at their ends.
@@ -315,6 +318,8 @@ def fast_path_unsupported(model: nn.Module) -> str | None:
         return "not a transformers causal LM"
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return "the model rescales its logits (softcapping / logit_scale)"
+    if not supports_segment_attention(config):
+        return "the model has sliding-window, linear or soft-capped attention layers"
     head = inner.get_output_embeddings()
     if head is None:
         return "the model has no output embeddings"
@@ -325,17 +330,17 @@ def fast_path_unsupported(model: nn.Module) -> str | None:
 
 
 def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) -> AttentionKind:
-    impl = str(getattr(_unwrap(model).config, "_attn_implementation", "eager") or "eager")
+    inner = _unwrap(model)
+    impl = str(getattr(inner.config, "_attn_implementation", "eager") or "eager")
     if "flash" in impl and not share_prefix:
         return "varlen"
-    if impl == "flex_attention" and device.type == "cuda":
-        return "flex"
-    inner = _unwrap(model)
     # Segment attention switches the attention implementation for the duration of the forward only;
-    # activation checkpointing recomputes layers later, in backward, so it takes the dense masks.
+    # activation checkpointing recomputes layers later, in backward, so it takes a mask instead.
     checkpointing = inner.training and any(getattr(m, "gradient_checkpointing", False) for m in inner.modules())
     if supports_segment_attention(inner.config) and not checkpointing:
         return "segments"
+    if impl == "flex_attention" and device.type == "cuda":
+        return "flex"
     return "dense"
 
 
