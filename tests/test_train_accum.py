@@ -39,3 +39,19 @@ def test_accumulation_equals_big_batch(tmp_path) -> None:
     assert moved > 1e-4  # the step did change the weights
     assert abs(big_log["loss"] - small_log["loss"]) < 1e-5
     assert abs(big_log["grad_norm"] - small_log["grad_norm"]) < 1e-4
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path) -> None:
+    """``model.gradient_checkpointing`` turns on activation checkpointing and changes nothing else."""
+    tok = copy.deepcopy(tiny_tokenizer())
+    runs = []
+    for gc in (False, True):
+        cfg = load_config(overrides=[*BASE, "train.batch_size=8", f"model.gradient_checkpointing={gc}",
+                                     f"output.dir={tmp_path / str(gc)}"])
+        trainer = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
+        runs.append((trainer, trainer.train()))
+    (plain, plain_log), (checkpointed, gc_log) = runs
+    assert checkpointed.model.is_activation_checkpointing and not plain.model.is_activation_checkpointing
+    assert abs(plain_log["loss"] - gc_log["loss"]) < 1e-6
+    for p, q in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0)

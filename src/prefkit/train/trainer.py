@@ -308,7 +308,8 @@ class Trainer:
     """Trains a policy (or, with a custom objective, a reward model) on preference records.
 
     Supports: every registry loss of kind pair / list (k responses) / unpaired (KTO KL pairs built per
-    example); reference as a frozen copy, the policy with adapters off, or cached log-probs; LoRA;
+    example); WPO weights and LD-DPO log-probs for any pair loss; BCO's running reward shift δ;
+    reference as a frozen copy, the policy with adapters off, or cached log-probs; LoRA;
     mixed precision, gradient accumulation (losses normalised by the examples of the whole optimizer
     step, across micro-batches and processes), gradient clipping, AdamW, warmup + cosine/linear decay,
     gradient checkpointing, periodic evaluation; multi-process data parallel (``accelerate launch``);
@@ -367,8 +368,10 @@ class Trainer:
             raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
         self.model = model.to(self.device)
         if config.model.gradient_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
                 model.enable_input_require_grads()
         self.params = [p for p in model.parameters() if p.requires_grad]
