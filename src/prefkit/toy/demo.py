@@ -364,9 +364,9 @@ def print_result(result: DemoResult) -> None:
         table.add_row(f"  sampled reward, task '{task}'", f"{result.before.sampled_reward_by_task[task]:.3f}",
                       f"{result.after.sampled_reward_by_task[task]:.3f}")
     console.print(table)
+    console.print("greedy generations, before -> after (hidden reward):", highlight=False)
     for (prompt, b, rb), (_, a, ra) in zip(result.before.examples[:4], result.after.examples[:4], strict=True):
-        console.print(f"  {prompt!r:12} before {b!r:12} (reward {rb:.2f})   after {a!r:12} (reward {ra:.2f})",
-                      highlight=False)
+        console.print(f"  {prompt:9} {b:9} ({rb:.2f})  ->  {a:9} ({ra:.2f})", highlight=False)
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)", highlight=False)
     for path in result.plots:
         console.print(f"plot: {path}", highlight=False)
