@@ -221,3 +221,51 @@ def test_sliding_window_models_are_refused_and_run_padded():
     assert "sliding-window" in fast_path_unsupported(model)
     batch = _batch(*UNEVEN)
     torch.testing.assert_close(sequence_logps(model, batch).logps, _naive(model, batch)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+@pytest.mark.parametrize("shape", [UNEVEN, LISTS], ids=["pairs-uneven", "lists-of-4"])
+def test_bf16_autocast_matches_padded(share_prefix, shape):
+    """fp32 weights under ``torch.autocast(bfloat16)`` (``train.mixed_precision=bf16``): RoPE returns
+    fp32 q/k while v is bf16; segment attention casts them to the autocast dtype, as autocast does for
+    the padded SDPA call. Same documented bf16 tolerance as above (log-probs 1e-2 absolute, gradients 3%
+    of each tensor's largest entry)."""
+    from prefkit.models.logprobs import sequence_logps
+
+    model = _model("sdpa")
+    batch = _batch(*shape, kind="pair" if len(shape[1][0]) == 2 else "list")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = sequence_logps(model, batch, packing=False).logps
+    ref_grads = _grads(model, ref.sum())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sequence_logps(model, batch, share_prefix=share_prefix).logps
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref.detach(), atol=1e-2, rtol=0)
+    got_grads = _grads(model, out.sum())
+    for name in ref_grads:
+        scale = ref_grads[name].float().abs().max().clamp(min=1e-6)
+        err = (got_grads[name].float() - ref_grads[name].float()).abs().max()
+        assert err <= 0.03 * scale, (name, float(err), float(scale))
+
+
+def test_bf16_mixed_precision_trainer_runs(tmp_path):
+    """A few DPO steps with ``train.mixed_precision=bf16`` on the fast path (packed + shared prompt):
+    the run completes with finite losses."""
+    import copy
+    import math
+
+    from prefkit.testing import tiny_pairs, tiny_tokenizer
+    from prefkit.train.config import load_config
+    from prefkit.train.metrics import read_metrics
+    from prefkit.train.trainer import Trainer
+
+    data = tiny_pairs(8)
+    cfg = load_config(overrides=[
+        "train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
+        "train.scheduler=constant", "loss.name=dpo", "train.max_steps=3", f"train.batch_size={len(data)}",
+        "train.mixed_precision=bf16", f"output.dir={tmp_path}"])
+    assert cfg.model.packing and cfg.model.share_prefix
+    tok = copy.deepcopy(tiny_tokenizer())
+    Trainer(cfg, tiny_llama(len(tok)), tok, data).train()
+    losses = [row["loss"] for row in read_metrics(tmp_path) if "loss" in row]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses

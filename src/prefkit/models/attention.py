@@ -58,6 +58,7 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
                                   "sinks or soft-capping)")
     if query.shape[0] != 1:
         raise ValueError("segment attention expects one packed row")
+    query, key, value = _common_dtype(query, key, value)
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention: repeat key/value heads
         key = key.repeat_interleave(n_rep, dim=1)
@@ -80,6 +81,25 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=p_drop))
     out = torch.cat(outs, dim=2)  # (1, H, L, D)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _common_dtype(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v in the dtype SDPA would run them in, as transformers' ``sdpa`` path gets under autocast.
+
+    Under autocast, RoPE returns fp32 q/k while v comes from a bf16 matmul. A plain SDPA call is cast by
+    autocast itself (SDPA is on its lower-precision list), but the call with a ``causal_lower_right``
+    bias is intercepted by the bias's ``__torch_function__`` before autocast sees it and fails on mixed
+    dtypes. So cast all three to the autocast dtype when autocast is on (every segment alike), else to
+    the widest of the three (they already agree outside autocast).
+    """
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    elif query.dtype == key.dtype == value.dtype:
+        return query, key, value
+    else:
+        dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def _register() -> None:
