@@ -26,6 +26,7 @@ The numbers, on held-out prompts and pairs the training never saw:
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -271,7 +272,9 @@ def run_demo(out_dir: str | Path | None = None, seed: int = 0, quick: bool = Fal
 def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunConfig | None,
               settings: ToySettings | None, progress: bool | None, show: bool) -> DemoResult:
     t0 = time.perf_counter()
-    if config is None:
+    if config is not None:
+        config = copy.deepcopy(config)  # the stages below set output.dir and progress on it
+    else:
         overrides = [f"train.seed={seed}"] + (["train.max_steps=150", "train.eval_every=0"] if quick else [])
         config = load_config(demo_config_path(), overrides)
     if not is_toy_config(config):
