@@ -17,3 +17,8 @@ def test_module_imports(name: str) -> None:
 
 def test_version() -> None:
     assert prefkit.__version__
+
+
+@pytest.mark.parametrize("name", sorted(prefkit._EXPORTS))
+def test_public_api_resolves(name: str) -> None:
+    assert getattr(prefkit, name) is not None

@@ -1,9 +1,73 @@
-"""prefkit: learning from preference feedback."""
+"""prefkit: learning from preference feedback.
+
+The public API, by area (each name also lives in the module shown; see the docs under ``docs/``):
+
+- data: ``load``, the records ``Pair`` / ``Ranking`` / ``Rating`` / ``Unpaired`` / ``Message``,
+  converters, writers, ``inspect_data``; encoding with ``Encoder`` / ``EncodeConfig`` / ``collate``;
+- losses: the registry ``LOSSES``, ``get_loss``, ``validate_loss_params``, the input types and the
+  pairwise input transforms ``wpo_weights`` / ``ld_dpo``;
+- models: ``load_model`` / ``load_tokenizer`` / ``add_lora``, the log-prob engine ``sequence_logps``, the
+  fast path (``pack_batch``, ``packed_sequence_logps``, ``target_logps``), reward models;
+- training: ``load_config``, ``RunConfig``, ``Trainer``, ``run``;
+- evaluation: ``evaluate_reward_model`` and friends; the built-in demo ``run_demo``.
+
+Names are resolved on first use (``prefkit.Trainer`` imports ``prefkit.train``), so ``import prefkit``
+and ``prefkit --version`` stay fast; the table below is the single list.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
 from prefkit.errors import ConfigError, DataError, PrefkitError
 
-__all__ = ["__version__", "PrefkitError", "DataError", "ConfigError"]
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # data
+    "load": "prefkit.data", "Pair": "prefkit.data", "Ranking": "prefkit.data", "Rating": "prefkit.data",
+    "Unpaired": "prefkit.data", "Message": "prefkit.data", "Record": "prefkit.data", "Records": "prefkit.data",
+    "inspect_data": "prefkit.data", "to_trl": "prefkit.data", "from_trl": "prefkit.data",
+    "convert": "prefkit.data", "ratings_to_pairs": "prefkit.data", "ranking_to_pairs": "prefkit.data",
+    "pairs_to_unpaired": "prefkit.data", "attributes_to_score": "prefkit.data", "write": "prefkit.data",
+    "write_jsonl": "prefkit.data", "write_parquet": "prefkit.data",
+    "Encoder": "prefkit.data.encode", "EncodeConfig": "prefkit.data.encode", "collate": "prefkit.data.encode",
+    "Batch": "prefkit.data.batch",
+    # losses
+    "LOSSES": "prefkit.losses", "LossSpec": "prefkit.losses", "LossOutput": "prefkit.losses",
+    "PairLogps": "prefkit.losses", "ListLogps": "prefkit.losses", "UnpairedLogps": "prefkit.losses",
+    "get_loss": "prefkit.losses.registry", "validate_loss_params": "prefkit.losses.registry",
+    "wpo_weights": "prefkit.losses.transforms", "ld_dpo": "prefkit.losses.transforms",
+    # models
+    "load_model": "prefkit.models", "load_tokenizer": "prefkit.models", "add_lora": "prefkit.models",
+    "sequence_logps": "prefkit.models", "SequenceLogps": "prefkit.models",
+    "target_logps": "prefkit.models.chunked", "head_logps": "prefkit.models.chunked",
+    "pack_batch": "prefkit.models.packing", "packed_sequence_logps": "prefkit.models.packing",
+    "prefix_shared_sequence_logps": "prefkit.models.packing",
+    "load_gguf_cached": "prefkit.models.gguf",
+    "RewardModel": "prefkit.models.reward",
+    # training
+    "RunConfig": "prefkit.train", "load_config": "prefkit.train", "Trainer": "prefkit.train",
+    "run": "prefkit.train", "Objective": "prefkit.train", "StepOutput": "prefkit.train",
+    # evaluation and demo
+    "evaluate_reward_model": "prefkit.eval", "RewardEvalReport": "prefkit.eval",
+    "expected_calibration_error": "prefkit.eval", "pairwise_accuracy": "prefkit.eval",
+    "run_demo": "prefkit.toy", "DemoResult": "prefkit.toy",
+}
+
+__all__ = ["__version__", "PrefkitError", "DataError", "ConfigError", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
