@@ -58,7 +58,7 @@ def test_sigkill_then_resume_matches_uninterrupted(job: Path) -> None:
                                  *QUIET, f"output.dir={killed}"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kill_at = random.Random().randint(2, 6)
-        deadline = time.time() + 120
+        deadline = time.time() + 400  # generous: CI machines can be busy
         while time.time() < deadline and proc.poll() is None:
             lines = (killed / "metrics.jsonl").read_text().splitlines() if (killed / "metrics.jsonl").exists() else []
             if lines and json.loads(lines[-1])["step"] >= kill_at:
