@@ -269,3 +269,19 @@ def test_bf16_mixed_precision_trainer_runs(tmp_path):
     Trainer(cfg, tiny_llama(len(tok)), tok, data).train()
     losses = [row["loss"] for row in read_metrics(tmp_path) if "loss" in row]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_equal_lengths_batched_segments_match_padded(share_prefix):
+    """Equally long sequences (the demo's shape: no padding at all) run as one batched SDPA call per
+    shape; values and gradients still equal the padded computation."""
+    model = _model("sdpa")
+    batch = _batch([3, 3, 3, 2], [[5, 5], [5, 5], [5, 5], [6, 6]])
+    ref_logps, ref_tokens = _naive(model, batch)
+    ref_grads = _grads(model, ref_logps.sum())
+    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, token_logps=True)
+    torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.token_logps, ref_tokens.detach(), atol=1e-5, rtol=1e-5)
+    got_grads = _grads(model, out.logps.sum())
+    for name in ref_grads:
+        torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)

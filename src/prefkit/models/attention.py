@@ -10,8 +10,10 @@ that runs one ``scaled_dot_product_attention`` call per segment instead:
 - completion g of a shared prompt: its queries against ``[prompt keys, its own keys]`` with a
   lower-right causal mask (every prompt key visible, causal inside the completion).
 
-Nothing outside the segments is computed. The per-call cost is one small kernel launch per segment
-and layer (B * (G + 1) calls per layer with prompt sharing).
+Nothing outside the segments is computed. Segments of the same shape (length, and shared-prompt
+length) are batched into one call, so the cost is one kernel launch per distinct shape and layer: a
+batch of equally long sequences costs one call per layer (two with prompt sharing), not one per
+sequence.
 
 Use :func:`segment_attention` as a context manager around the decoder call; it switches the model's
 ``config._attn_implementation`` to ``"prefkit_segments"`` and restores it on exit (so it cannot serve
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +42,56 @@ class Segments:
 
     Each entry is ``(start, stop, prompt)``: queries ``[start, stop)``; ``prompt`` is ``(p0, p1)`` when
     the segment is a completion that also sees a shared prompt at ``[p0, p1)``, else None.
+
+    Segments of the same shape (query length, prompt length) run as one batched SDPA call: the row's
+    queries are gathered into ``(n, H, C, D)`` blocks per shape and scattered back, so a batch of many
+    equally long short sequences costs a handful of calls per layer instead of one per sequence.
     """
 
     spans: list[tuple[int, int, tuple[int, int] | None]]
+    _groups: list[_Group] | None = field(default=None, repr=False)
+    _perm: Tensor | None = field(default=None, repr=False)
+    _inverse: Tensor | None = field(default=None, repr=False)
+
+    def groups(self, device: torch.device) -> tuple[list[_Group], Tensor, Tensor | None]:
+        """Shape groups, the query permutation (group order) and its inverse (None: the identity);
+        built once per row."""
+        if self._groups is None:
+            by_shape: dict[tuple[int, int], list[tuple[int, int, tuple[int, int] | None]]] = {}
+            for span in self.spans:
+                start, stop, prompt = span
+                by_shape.setdefault((stop - start, 0 if prompt is None else prompt[1] - prompt[0]), []).append(span)
+            groups, perm = [], []
+            for (c_len, p_len), spans in by_shape.items():
+                starts = torch.tensor([a for a, _, _ in spans])[:, None]  # (n, 1)
+                q_idx = (starts + torch.arange(c_len)).flatten()  # (n * C,)
+                k_idx = None
+                if p_len:
+                    p_starts = torch.tensor([pr[0] for _, _, pr in spans if pr is not None])[:, None]  # (n, 1)
+                    k_idx = torch.cat([p_starts + torch.arange(p_len), starts + torch.arange(c_len)],
+                                      dim=1).flatten()  # (n * (P + C),)
+                q0 = spans[0][0]
+                contiguous = all(a == q0 + i * c_len for i, (a, _, _) in enumerate(spans))
+                groups.append(_Group(len(spans), c_len, p_len, q_idx.to(device), None if k_idx is None
+                                     else k_idx.to(device), q0 if contiguous else None))
+                perm.append(q_idx)
+            order = torch.cat(perm)
+            self._groups, self._perm = groups, order.to(device)
+            identity = bool((order == torch.arange(len(order))).all())
+            self._inverse = None if identity else torch.empty_like(order).scatter_(
+                0, order, torch.arange(len(order))).to(device)
+        assert self._perm is not None
+        return self._groups, self._perm, self._inverse
+
+
+@dataclass
+class _Group:
+    n: int  # segments in the group
+    c_len: int  # queries per segment
+    p_len: int  # shared-prompt keys per segment (0: none)
+    q_idx: Tensor  # (n * C,) row positions of the queries (and of the own keys)
+    k_idx: Tensor | None  # (n * (P + C),) row positions of [prompt keys, own keys], when p_len
+    q0: int | None  # first query position when the n segments lie end to end (queries are then a view)
 
 
 def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -64,23 +113,36 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
     p_drop = dropout if module.training else 0.0
+    groups, _, inverse = prefkit_segments.groups(query.device)
+    q_row, k_row, v_row = query[0], key[0], value[0]  # (H, L, D)
+    heads, dim = q_row.shape[0], q_row.shape[-1]
+
+    def blocks(x: Tensor, idx: Tensor, n: int, length: int, q0: int | None = None) -> Tensor:
+        if q0 is not None:  # adjacent segments: a view of the row
+            x = x.narrow(1, q0, n * length)
+        else:
+            x = x.index_select(1, idx)
+        return x.view(x.shape[0], n, length, x.shape[-1]).transpose(0, 1)  # (n, H, len, D)
+
     outs = []
-    for start, stop, prompt in prefkit_segments.spans:
-        q = query[:, :, start:stop]  # (1, H, C, D)
-        if prompt is None:
-            k, v = key[:, :, start:stop], value[:, :, start:stop]
-            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=stop - start > 1, scale=scaling,
-                                                       dropout_p=p_drop))
-            continue
-        p0, p1 = prompt
-        k = torch.cat([key[:, :, p0:p1], key[:, :, start:stop]], dim=2)  # (1, H, P + C, D)
-        v = torch.cat([value[:, :, p0:p1], value[:, :, start:stop]], dim=2)
-        # Lower-right causal: every prompt key, causal inside the completion. SDPA dispatches this bias to
-        # its fused kernels on CUDA (no materialised mask); elsewhere it is materialised per call.
-        mask = causal_lower_right(stop - start, (p1 - p0) + (stop - start))
-        outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=p_drop))
-    out = torch.cat(outs, dim=2)  # (1, H, L, D)
-    return out.transpose(1, 2).contiguous(), None
+    for grp in groups:
+        q = blocks(q_row, grp.q_idx, grp.n, grp.c_len, grp.q0)  # (n, H, C, D)
+        if grp.k_idx is None:
+            k = blocks(k_row, grp.q_idx, grp.n, grp.c_len, grp.q0)
+            v = blocks(v_row, grp.q_idx, grp.n, grp.c_len, grp.q0)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=grp.c_len > 1, scale=scaling, dropout_p=p_drop)
+        else:
+            k = blocks(k_row, grp.k_idx, grp.n, grp.p_len + grp.c_len)  # (n, H, P + C, D)
+            v = blocks(v_row, grp.k_idx, grp.n, grp.p_len + grp.c_len)
+            # Lower-right causal: every prompt key, causal inside the completion. SDPA dispatches this
+            # bias to its fused kernels on CUDA (no materialised mask); elsewhere it is materialised.
+            mask = causal_lower_right(grp.c_len, grp.p_len + grp.c_len)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=p_drop)
+        outs.append(o.transpose(0, 1).reshape(heads, grp.n * grp.c_len, dim))  # (H, n * C, D) group order
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    if inverse is not None:
+        out = out.index_select(1, inverse)  # (H, L, D) row order
+    return out.transpose(0, 1)[None].contiguous(), None
 
 
 def _common_dtype(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:

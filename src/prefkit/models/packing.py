@@ -26,8 +26,11 @@ rest (``attention="auto"`` picks from ``model.config._attn_implementation``):
   covered by the CPU tests.
 - ``segments`` (the default, unless activation checkpointing is on: it recomputes the layers after
   the implementation switch has been undone): one row, and
-  :mod:`prefkit.models.attention` runs one SDPA call per segment (causal per sequence; a completion
-  against ``[prompt, itself]``), so nothing outside the segments is computed, on CPU and GPU alike.
+  :mod:`prefkit.models.attention` runs one SDPA call per segment shape (causal per sequence; a
+  completion against ``[prompt, itself]``; equally long segments batched into one call), so nothing
+  outside the segments is computed, on CPU and GPU alike. The one-row plan is built with a few
+  vectorised tensor ops (:func:`_plan_one_row`), every prompt first, then every first sequence, ...,
+  so that equally long segments are adjacent.
 - ``dense`` (explicit, or activation checkpointing): a dense 4D mask per row, boolean for SDPA,
   additive float for eager. A dense mask costs attention over the whole row, so sequences are
   bin-packed (first-fit decreasing) into rows no longer than the longest packed unit
@@ -270,6 +273,96 @@ def _plan(batch: Batch, *, share_prefix: bool, one_row: bool, max_row_tokens: in
     )
 
 
+def _aligned(batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """(N, T') token ids, completion mask and (N,) lengths, every sequence starting at column 0 (CPU)."""
+    ids, cmask = batch.input_ids.cpu(), batch.completion_mask.cpu()
+    if batch.layout == "padded":
+        real = batch.attention_mask.cpu().bool()  # (N, T)
+        lens = real.sum(1)  # (N,)
+        if bool((real == (torch.arange(real.shape[1])[None] < lens[:, None])).all()):  # right-padded
+            return ids, cmask * real, lens
+    seqs = _sequences(Batch(kind=batch.kind, group_size=batch.group_size, input_ids=ids,
+                            attention_mask=batch.attention_mask.cpu(), completion_mask=cmask,
+                            layout=batch.layout, seq_lens=None if batch.seq_lens is None else batch.seq_lens.cpu()))
+    lens = torch.tensor([len(x) for x, _ in seqs], dtype=torch.long)
+    pad = torch.nn.utils.rnn.pad_sequence
+    return (pad([x for x, _ in seqs], batch_first=True), pad([c for _, c in seqs], batch_first=True), lens)
+
+
+def _plan_one_row(batch: Batch, *, share_prefix: bool) -> _Plan:
+    """:func:`_plan` for one row, vectorised (no per-sequence Python work but the span list).
+
+    Tokens are laid out on a (G + 1, B, T) grid, slot 0 the shared prompt of example b and slot g + 1
+    its sequence g from the end of the shared prompt on (the whole sequence when nothing is shared);
+    the row is the grid's included tokens in row-major order: every prompt, then every first sequence,
+    and so on, so that equally long segments are adjacent (segment attention then batches them as
+    views, without gathering).
+    """
+    ids, cmask, lens = _aligned(batch)  # (N, T), (N, T), (N,)
+    n_seq, width = ids.shape
+    g_size = batch.group_size
+    b_size = n_seq // g_size
+    cols = torch.arange(width)
+    scored = (cmask != 0) & (cols[None] >= 1) & (cols[None] < lens[:, None])  # (N, T) position 0: no predecessor
+    ids_g, scored_g, lens_g = ids.view(g_size, b_size, width), scored.view(g_size, b_size, width), lens.view(g_size, b_size)
+    shared = torch.zeros(b_size, dtype=torch.long)  # (B,) shared prompt length, 0 when not shared
+    if share_prefix and g_size >= 2:
+        first_scored = torch.where(scored_g.any(-1), scored_g.float().argmax(-1), lens_g)  # (G, B)
+        cap = torch.minimum(lens_g, first_scored).min(0).values  # (B,)
+        differs = (ids_g != ids_g[:1]).any(0)  # (B, T)
+        first_diff = torch.where(differs.any(-1), differs.float().argmax(-1), torch.full_like(cap, width))
+        shared = torch.minimum(cap, first_diff)  # (B,)
+    is_shared = shared >= 1  # (B,)
+    # include[slot, b, t]: slot 0 = prompt t < shared[b] (from sequence 0), slot g + 1 = shared[b] <= t < len
+    include = torch.zeros(g_size + 1, b_size, width, dtype=torch.bool)
+    include[0] = cols[None] < shared[:, None]
+    include[1:] = (cols[None, None] >= shared[None, :, None]) & (cols[None, None] < lens_g[..., None])
+    grid_ids = torch.cat([ids_g[:1], ids_g])  # (G + 1, B, T)
+    grid_scored = torch.cat([torch.zeros_like(scored_g[:1]), scored_g])
+    slot = torch.arange(g_size + 1)[:, None]  # (G + 1, 1)
+    grid_seq = torch.cat([torch.arange(b_size)[None], torch.arange(n_seq).view(g_size, b_size)])  # (G + 1, B)
+    grid_seg = torch.where(is_shared[None], slot, 0)  # (G + 1, B)
+    grid_doc = torch.arange(b_size)[None] * (g_size + 1) + torch.where(is_shared[None], 0, slot)
+
+    flat_inc = include.flatten()
+    dest = torch.cumsum(flat_inc, 0).view_as(include) - 1  # (G + 1, B, T) row index of each included token
+    total = int(flat_inc.sum())
+    input_ids = grid_ids.flatten()[flat_inc]
+    position_ids = cols.expand(g_size + 1, b_size, width).flatten()[flat_inc]
+    doc_ids = grid_doc[..., None].expand(-1, -1, width).flatten()[flat_inc]
+    seg_ids = grid_seg[..., None].expand(-1, -1, width).flatten()[flat_inc]
+
+    keep = (grid_scored & include).flatten()
+    where = keep.nonzero().flatten()  # flat grid index of each scored token, in row order
+    t_of = where % width
+    b_of = (where // width) % b_size
+    pred = dest.flatten()[where] - 1
+    prompt_last = dest[0, torch.arange(b_size), (shared - 1).clamp(min=0)]  # (B,)
+    first_of_completion = is_shared[b_of] & (t_of == shared[b_of])
+    pred = torch.where(first_of_completion, prompt_last[b_of], pred)
+
+    # Spans in row order: the shared prompts (slot 0) first, then completion / sequence g of every example.
+    piece_len = include.sum(-1)  # (G + 1, B)
+    starts = (torch.cumsum(piece_len.flatten(), 0) - piece_len.flatten()).view_as(piece_len)
+    lengths, begins = piece_len.tolist(), starts.tolist()
+    prompts = [(a, a + n) if n else None for a, n in zip(begins[0], lengths[0], strict=True)]
+    spans: list[tuple[int, int, tuple[int, int] | None]] = [(p[0], p[1], None) for p in prompts if p]
+    for g in range(1, g_size + 1):
+        spans += [(a, a + n, prompts[b]) for b, (a, n) in enumerate(zip(begins[g], lengths[g], strict=True)) if n]
+    device = batch.input_ids.device
+
+    def move(t: Tensor) -> Tensor:
+        return t.to(device, non_blocking=True)
+
+    return _Plan(
+        input_ids=move(input_ids[None]), position_ids=move(position_ids[None]), doc_ids=move(doc_ids[None]),
+        seg_ids=move(seg_ids[None]), pred_index=move(pred), target_ids=move(grid_ids.flatten()[where].long()),
+        seq_index=move(grid_seq[..., None].expand(-1, -1, width).flatten()[where]), col_index=move(t_of),
+        num_sequences=n_seq, max_len=batch.input_ids.shape[1] if batch.layout == "padded" else int(lens.max()),
+        num_real_tokens=total, spans=[spans],
+    )
+
+
 def _dense_mask(doc: Tensor, seg: Tensor) -> Tensor:
     """(R, 1, L, L) bool: q sees k iff same doc, k <= q, and k is prompt or in q's own segment."""
     length = doc.shape[1]
@@ -404,8 +497,10 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
         raise ValueError("varlen attention cannot share prefixes; use segments, flex or dense")
     config = _unwrap(model).config
     pad_id = getattr(config, "pad_token_id", None) or 0
-    plan = _plan(batch, share_prefix=share_prefix, one_row=kind in ("segments", "varlen", "flex"),
-                 max_row_tokens=max_row_tokens, pad_id=pad_id)
+    if kind in ("segments", "varlen", "flex"):
+        plan = _plan_one_row(batch, share_prefix=share_prefix)
+    else:
+        plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
     dtype = next(model.parameters()).dtype
     hidden, head = _hidden_and_head(model, plan, kind, dtype)
     logps = _scored_logps(hidden, head, plan, chunk_size)  # (S,)

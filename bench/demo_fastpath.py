@@ -1,0 +1,87 @@
+"""CPU time of the demo job (``prefkit demo``) with and without the log-prob fast path.
+
+Each run is its own subprocess running ``prefkit.toy.demo.run_demo`` on the packaged ``demo.yaml`` (same
+seed), with ``model.packing`` / ``model.share_prefix`` on ("fast") or off ("padded"). ``Trainer.train``
+is wrapped to record the process CPU time of each stage: the SFT warm-up (first call) and the preference
+stage (second call, the one the config's ``model.*`` keys drive; the SFT warm-up and the evaluation call
+``sequence_logps`` with its defaults, so they run the fast path in both variants). The job's total CPU
+time comes from ``getrusage(RUSAGE_CHILDREN)``. Runs alternate fast / padded to spread machine load.
+
+    OMP_NUM_THREADS=1 python bench/demo_fastpath.py --reps 2 --out bench/demo_fastpath.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from prefkit.toy import demo
+from prefkit.train import trainer as T
+from prefkit.train.config import load_config
+stages = []
+_train = T.Trainer.train
+def timed(self, *a, **k):
+    t0 = time.process_time()
+    out = _train(self, *a, **k)
+    stages.append(time.process_time() - t0)
+    return out
+T.Trainer.train = timed
+config = load_config(demo.demo_config_path(), sys.argv[2:])
+result = demo.run_demo(config=config, show=False)
+print("RESULT " + json.dumps({"stages": stages, "after": result.to_dict()["after"]["implicit_reward_accuracy"]}))
+"""
+
+VARIANTS = {"fast": ["model.packing=true", "model.share_prefix=true"],
+            "padded": ["model.packing=false", "model.share_prefix=false"]}
+
+
+def run_once(variant: str, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        overrides = [*VARIANTS[variant], "train.progress=false", f"output.dir={tmp}/demo", *extra]
+        proc = subprocess.run([sys.executable, "-c", CHILD, "x", *overrides], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    res = json.loads(line[len("RESULT "):])
+    total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"variant": variant, "total_cpu_s": total, "sft_cpu_s": res["stages"][0],
+            "preference_cpu_s": res["stages"][1], "after_accuracy": res["after"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for both variants")
+    args = parser.parse_args()
+    runs = []
+    for _ in range(args.reps):
+        for variant in VARIANTS:
+            runs.append(run_once(variant, args.overrides))
+            print(json.dumps(runs[-1]), flush=True)
+    summary = {}
+    for variant in VARIANTS:
+        rows = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {k: statistics.median(r[k] for r in rows)
+                            for k in ("total_cpu_s", "sft_cpu_s", "preference_cpu_s")}
+    summary["padded_over_fast"] = {k: summary["padded"][k] / summary["fast"][k]
+                                   for k in ("total_cpu_s", "preference_cpu_s")}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"runs": runs, "summary": summary}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
