@@ -271,12 +271,17 @@ def test_bf16_mixed_precision_trainer_runs(tmp_path):
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
 
 
+SHORT_EQUAL = ([3, 3, 3, 2], [[5, 5], [5, 5], [5, 5], [6, 6]])  # the demo's shape: no padding at all
+LONG_UNITS = ([40, 40, 30], [[20, 30], [20, 30], [9, 50]])  # shared units > SMALL_DOC_TOKENS: per piece
+
+
 @pytest.mark.parametrize("share_prefix", [False, True])
-def test_equal_lengths_batched_segments_match_padded(share_prefix):
-    """Equally long sequences (the demo's shape: no padding at all) run as one batched SDPA call per
-    shape; values and gradients still equal the padded computation."""
+@pytest.mark.parametrize("shape", [SHORT_EQUAL, LONG_UNITS], ids=["short-equal", "long-units"])
+def test_batched_segments_match_padded(share_prefix, shape):
+    """Equally shaped segments / short units run as one batched SDPA call per shape (short units as one
+    masked block, long ones per piece); values and gradients still equal the padded computation."""
     model = _model("sdpa")
-    batch = _batch([3, 3, 3, 2], [[5, 5], [5, 5], [5, 5], [6, 6]])
+    batch = _batch(*shape)
     ref_logps, ref_tokens = _naive(model, batch)
     ref_grads = _grads(model, ref_logps.sum())
     out = packed_sequence_logps(model, batch, share_prefix=share_prefix, token_logps=True)

@@ -36,6 +36,12 @@ from torch.nn.attention.bias import causal_lower_right
 NAME = "prefkit_segments"
 
 
+SMALL_DOC_TOKENS = 64
+"""A shared-prompt unit ``[prompt, completion_1..G]`` at most this long runs as one dense block (one
+(L, L) mask shared by every unit of the same piece lengths) instead of one call per piece: for short
+sequences the per-call overhead costs more than the extra (completion_i, completion_j) pairs."""
+
+
 @dataclass
 class Segments:
     """The segments of one packed row (batch size 1), covering positions [0, L) in order.
@@ -44,54 +50,87 @@ class Segments:
     the segment is a completion that also sees a shared prompt at ``[p0, p1)``, else None.
 
     Segments of the same shape (query length, prompt length) run as one batched SDPA call: the row's
-    queries are gathered into ``(n, H, C, D)`` blocks per shape and scattered back, so a batch of many
-    equally long short sequences costs a handful of calls per layer instead of one per sequence.
+    queries are gathered into ``(n, H, C, D)`` blocks per shape (views when the segments lie end to
+    end) and scattered back, so a batch of many equally long sequences costs one call per layer. A
+    short shared-prompt unit (prompt followed by its completions, at most :data:`SMALL_DOC_TOKENS`)
+    runs as one block with its (prompt, completion) mask, batched with the units of equal piece lengths.
     """
 
     spans: list[tuple[int, int, tuple[int, int] | None]]
     _groups: list[_Group] | None = field(default=None, repr=False)
-    _perm: Tensor | None = field(default=None, repr=False)
     _inverse: Tensor | None = field(default=None, repr=False)
 
-    def groups(self, device: torch.device) -> tuple[list[_Group], Tensor, Tensor | None]:
-        """Shape groups, the query permutation (group order) and its inverse (None: the identity);
-        built once per row."""
+    def groups(self, device: torch.device) -> tuple[list[_Group], Tensor | None]:
+        """Batched groups and the inverse of their query order (None: the identity); built once."""
         if self._groups is None:
-            by_shape: dict[tuple[int, int], list[tuple[int, int, tuple[int, int] | None]]] = {}
-            for span in self.spans:
-                start, stop, prompt = span
-                by_shape.setdefault((stop - start, 0 if prompt is None else prompt[1] - prompt[0]), []).append(span)
-            groups, perm = [], []
-            for (c_len, p_len), spans in by_shape.items():
-                starts = torch.tensor([a for a, _, _ in spans])[:, None]  # (n, 1)
-                q_idx = (starts + torch.arange(c_len)).flatten()  # (n * C,)
-                k_idx = None
-                if p_len:
-                    p_starts = torch.tensor([pr[0] for _, _, pr in spans if pr is not None])[:, None]  # (n, 1)
-                    k_idx = torch.cat([p_starts + torch.arange(p_len), starts + torch.arange(c_len)],
-                                      dim=1).flatten()  # (n * (P + C),)
-                q0 = spans[0][0]
-                contiguous = all(a == q0 + i * c_len for i, (a, _, _) in enumerate(spans))
-                groups.append(_Group(len(spans), c_len, p_len, q_idx.to(device), None if k_idx is None
-                                     else k_idx.to(device), q0 if contiguous else None))
-                perm.append(q_idx)
-            order = torch.cat(perm)
-            self._groups, self._perm = groups, order.to(device)
-            identity = bool((order == torch.arange(len(order))).all())
-            self._inverse = None if identity else torch.empty_like(order).scatter_(
-                0, order, torch.arange(len(order))).to(device)
-        assert self._perm is not None
-        return self._groups, self._perm, self._inverse
+            completions: dict[tuple[int, int], list[tuple[int, int]]] = {}
+            for start, stop, prompt in self.spans:
+                if prompt is not None:
+                    completions.setdefault(prompt, []).append((start, stop))
+            # key -> list of (query positions, key positions) blocks; key = ("seg", C, P) or ("doc", lengths)
+            items: dict[tuple, list[tuple[list[tuple[int, int]], list[tuple[int, int]]]]] = {}
+            for start, stop, prompt in self.spans:
+                if prompt is not None:
+                    continue
+                comps = completions.get((start, stop), [])
+                pieces = [(start, stop), *comps]
+                if not comps or sum(b - a for a, b in pieces) <= SMALL_DOC_TOKENS:
+                    items.setdefault(("doc", tuple(b - a for a, b in pieces)), []).append((pieces, pieces))
+                    continue
+                items.setdefault(("seg", stop - start, 0), []).append(([(start, stop)], [(start, stop)]))
+                for a, b in comps:
+                    items.setdefault(("seg", b - a, stop - start), []).append(([(a, b)], [(start, stop), (a, b)]))
+            groups, order = [], []
+            for key, blocks in items.items():
+                q_idx = _ranges([qs for qs, _ in blocks])
+                n = len(blocks)
+                q_len = len(q_idx) // n
+                if key[0] == "doc" or key[2] == 0:
+                    k_idx, k_len = None, q_len
+                    mask = None if len(key[1] if key[0] == "doc" else [0]) == 1 else _doc_mask(key[1])
+                else:
+                    k_idx = _ranges([ks for _, ks in blocks])
+                    k_len = len(k_idx) // n
+                    mask = causal_lower_right(q_len, k_len)
+                q0 = int(q_idx[0])
+                contiguous = bool((q_idx == torch.arange(q0, q0 + len(q_idx))).all())
+                groups.append(_Group(n, q_len, k_len, q_idx.to(device), None if k_idx is None else k_idx.to(device),
+                                     q0 if contiguous else None,
+                                     mask.to(device) if isinstance(mask, Tensor) else mask))
+                order.append(q_idx)
+            perm = torch.cat(order)
+            self._groups = groups
+            identity = bool((perm == torch.arange(len(perm))).all())
+            self._inverse = None if identity else torch.empty_like(perm).scatter_(
+                0, perm, torch.arange(len(perm))).to(device)
+        return self._groups, self._inverse
+
+
+def _ranges(blocks: list[list[tuple[int, int]]]) -> Tensor:
+    """Concatenated ``arange(a, b)`` of every (a, b) of every block (blocks of equal total length)."""
+    starts = torch.tensor([a for block in blocks for a, _ in block])
+    lens = torch.tensor([b - a for block in blocks for a, b in block])
+    offsets = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
+    return torch.arange(int(lens.sum())) + offsets
+
+
+def _doc_mask(lengths: tuple[int, ...]) -> Tensor:
+    """(L, L) bool for a unit ``[prompt, completion_1..G]``: causal, completions see the prompt and
+    themselves only."""
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))  # (L,) 0 = prompt
+    causal = torch.ones(len(seg), len(seg), dtype=torch.bool).tril()
+    return causal & ((seg[None, :] == 0) | (seg[:, None] == seg[None, :]))
 
 
 @dataclass
 class _Group:
-    n: int  # segments in the group
-    c_len: int  # queries per segment
-    p_len: int  # shared-prompt keys per segment (0: none)
-    q_idx: Tensor  # (n * C,) row positions of the queries (and of the own keys)
-    k_idx: Tensor | None  # (n * (P + C),) row positions of [prompt keys, own keys], when p_len
-    q0: int | None  # first query position when the n segments lie end to end (queries are then a view)
+    n: int  # blocks in the group
+    q_len: int  # queries per block
+    k_len: int  # keys per block
+    q_idx: Tensor  # (n * q_len,) row positions of the queries
+    k_idx: Tensor | None  # (n * k_len,) row positions of the keys; None: the queries' positions
+    q0: int | None  # first query position when the blocks lie end to end (queries are then a view)
+    mask: object  # None: causal; a (q_len, k_len) bool tensor or a lower-right causal bias
 
 
 def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -113,12 +152,12 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
     p_drop = dropout if module.training else 0.0
-    groups, _, inverse = prefkit_segments.groups(query.device)
+    groups, inverse = prefkit_segments.groups(query.device)
     q_row, k_row, v_row = query[0], key[0], value[0]  # (H, L, D)
     heads, dim = q_row.shape[0], q_row.shape[-1]
 
     def blocks(x: Tensor, idx: Tensor, n: int, length: int, q0: int | None = None) -> Tensor:
-        if q0 is not None:  # adjacent segments: a view of the row
+        if q0 is not None:  # adjacent blocks: a view of the row
             x = x.narrow(1, q0, n * length)
         else:
             x = x.index_select(1, idx)
@@ -126,19 +165,20 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
 
     outs = []
     for grp in groups:
-        q = blocks(q_row, grp.q_idx, grp.n, grp.c_len, grp.q0)  # (n, H, C, D)
+        q = blocks(q_row, grp.q_idx, grp.n, grp.q_len, grp.q0)  # (n, H, Q, D)
         if grp.k_idx is None:
-            k = blocks(k_row, grp.q_idx, grp.n, grp.c_len, grp.q0)
-            v = blocks(v_row, grp.q_idx, grp.n, grp.c_len, grp.q0)
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=grp.c_len > 1, scale=scaling, dropout_p=p_drop)
+            k = blocks(k_row, grp.q_idx, grp.n, grp.q_len, grp.q0)
+            v = blocks(v_row, grp.q_idx, grp.n, grp.q_len, grp.q0)
         else:
-            k = blocks(k_row, grp.k_idx, grp.n, grp.p_len + grp.c_len)  # (n, H, P + C, D)
-            v = blocks(v_row, grp.k_idx, grp.n, grp.p_len + grp.c_len)
-            # Lower-right causal: every prompt key, causal inside the completion. SDPA dispatches this
-            # bias to its fused kernels on CUDA (no materialised mask); elsewhere it is materialised.
-            mask = causal_lower_right(grp.c_len, grp.p_len + grp.c_len)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=p_drop)
-        outs.append(o.transpose(0, 1).reshape(heads, grp.n * grp.c_len, dim))  # (H, n * C, D) group order
+            k = blocks(k_row, grp.k_idx, grp.n, grp.k_len)  # (n, H, K, D)
+            v = blocks(v_row, grp.k_idx, grp.n, grp.k_len)
+        if grp.mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=grp.q_len > 1, scale=scaling, dropout_p=p_drop)
+        else:
+            # A unit's (prompt, completion) mask, or lower-right causal (every prompt key, causal inside
+            # the completion), which SDPA runs in its fused kernels on CUDA without materialising it.
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=grp.mask, scale=scaling, dropout_p=p_drop)
+        outs.append(o.transpose(0, 1).reshape(heads, grp.n * grp.q_len, dim))  # (H, n * Q, D) group order
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     if inverse is not None:
         out = out.index_select(1, inverse)  # (H, L, D) row order

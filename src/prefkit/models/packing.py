@@ -28,9 +28,9 @@ rest (``attention="auto"`` picks from ``model.config._attn_implementation``):
   the implementation switch has been undone): one row, and
   :mod:`prefkit.models.attention` runs one SDPA call per segment shape (causal per sequence; a
   completion against ``[prompt, itself]``; equally long segments batched into one call), so nothing
-  outside the segments is computed, on CPU and GPU alike. The one-row plan is built with a few
-  vectorised tensor ops (:func:`_plan_one_row`), every prompt first, then every first sequence, ...,
-  so that equally long segments are adjacent.
+  outside the segments is computed, on CPU and GPU alike (short shared-prompt units run as one
+  masked block; see :data:`prefkit.models.attention.SMALL_DOC_TOKENS`). The one-row plan is built with
+  a few vectorised tensor ops (:func:`_plan_one_row`), units of equal piece lengths adjacent.
 - ``dense`` (explicit, or activation checkpointing): a dense 4D mask per row, boolean for SDPA,
   additive float for eager. A dense mask costs attention over the whole row, so sequences are
   bin-packed (first-fit decreasing) into rows no longer than the longest packed unit
@@ -143,6 +143,7 @@ class _Plan:
     max_len: int  # T: columns of token_logps (padded width, or longest sequence)
     num_real_tokens: int  # tokens the model runs on, excluding row padding
     spans: list[list[tuple[int, int, tuple[int, int] | None]]]  # per row: (start, stop, shared prompt)
+    segments: Segments | None = None  # one-row plans: the spans with their batched attention groups
 
 
 def _docs(seqs: list[tuple[Tensor, Tensor]], group_size: int, share_prefix: bool) -> list[list[_Piece]]:
@@ -292,11 +293,10 @@ def _aligned(batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
 def _plan_one_row(batch: Batch, *, share_prefix: bool) -> _Plan:
     """:func:`_plan` for one row, vectorised (no per-sequence Python work but the span list).
 
-    Tokens are laid out on a (G + 1, B, T) grid, slot 0 the shared prompt of example b and slot g + 1
+    Tokens are laid out on a (B, G + 1, T) grid, slot 0 the shared prompt of example b and slot g + 1
     its sequence g from the end of the shared prompt on (the whole sequence when nothing is shared);
-    the row is the grid's included tokens in row-major order: every prompt, then every first sequence,
-    and so on, so that equally long segments are adjacent (segment attention then batches them as
-    views, without gathering).
+    the row is the grid's included tokens in row-major order, examples sorted by their piece lengths so
+    that equal units are adjacent (segment attention then batches them as views, without gathering).
     """
     ids, cmask, lens = _aligned(batch)  # (N, T), (N, T), (N,)
     n_seq, width = ids.shape
@@ -312,43 +312,49 @@ def _plan_one_row(batch: Batch, *, share_prefix: bool) -> _Plan:
         differs = (ids_g != ids_g[:1]).any(0)  # (B, T)
         first_diff = torch.where(differs.any(-1), differs.float().argmax(-1), torch.full_like(cap, width))
         shared = torch.minimum(cap, first_diff)  # (B,)
+    # Units ordered by their piece lengths (prompt, then each sequence) so that equal ones are adjacent.
+    piece_len = torch.cat([shared[None], lens_g - shared[None]]).T  # (B, G + 1)
+    _, signature = torch.unique(piece_len, dim=0, return_inverse=True)
+    order = torch.argsort(signature, stable=True)  # (B,) examples in row order
+    ids_g, scored_g, lens_g, shared = ids_g[:, order], scored_g[:, order], lens_g[:, order], shared[order]
     is_shared = shared >= 1  # (B,)
-    # include[slot, b, t]: slot 0 = prompt t < shared[b] (from sequence 0), slot g + 1 = shared[b] <= t < len
-    include = torch.zeros(g_size + 1, b_size, width, dtype=torch.bool)
-    include[0] = cols[None] < shared[:, None]
-    include[1:] = (cols[None, None] >= shared[None, :, None]) & (cols[None, None] < lens_g[..., None])
-    grid_ids = torch.cat([ids_g[:1], ids_g])  # (G + 1, B, T)
-    grid_scored = torch.cat([torch.zeros_like(scored_g[:1]), scored_g])
-    slot = torch.arange(g_size + 1)[:, None]  # (G + 1, 1)
-    grid_seq = torch.cat([torch.arange(b_size)[None], torch.arange(n_seq).view(g_size, b_size)])  # (G + 1, B)
-    grid_seg = torch.where(is_shared[None], slot, 0)  # (G + 1, B)
-    grid_doc = torch.arange(b_size)[None] * (g_size + 1) + torch.where(is_shared[None], 0, slot)
+    # include[b, slot, t]: slot 0 = prompt t < shared[b] (from sequence 0), slot g + 1 = shared[b] <= t < len
+    include = torch.zeros(b_size, g_size + 1, width, dtype=torch.bool)
+    include[:, 0] = cols[None] < shared[:, None]
+    include[:, 1:] = ((cols[None, None] >= shared[None, :, None]) & (cols[None, None] < lens_g[..., None])).transpose(0, 1)
+    grid_ids = torch.cat([ids_g[:1], ids_g]).transpose(0, 1)  # (B, G + 1, T)
+    grid_scored = torch.cat([torch.zeros_like(scored_g[:1]), scored_g]).transpose(0, 1)
+    slot = torch.arange(g_size + 1)[None]  # (1, G + 1)
+    grid_seq = torch.cat([order[None], torch.arange(g_size)[:, None] * b_size + order[None]]).T  # (B, G + 1) row n
+    grid_seg = torch.where(is_shared[:, None], slot, 0)  # (B, G + 1)
+    grid_doc = torch.arange(b_size)[:, None] * (g_size + 1) + torch.where(is_shared[:, None], 0, slot)
 
     flat_inc = include.flatten()
-    dest = torch.cumsum(flat_inc, 0).view_as(include) - 1  # (G + 1, B, T) row index of each included token
+    dest = torch.cumsum(flat_inc, 0).view_as(include) - 1  # (B, G + 1, T) row index of each included token
     total = int(flat_inc.sum())
     input_ids = grid_ids.flatten()[flat_inc]
-    position_ids = cols.expand(g_size + 1, b_size, width).flatten()[flat_inc]
+    position_ids = cols.expand(b_size, g_size + 1, width).flatten()[flat_inc]
     doc_ids = grid_doc[..., None].expand(-1, -1, width).flatten()[flat_inc]
     seg_ids = grid_seg[..., None].expand(-1, -1, width).flatten()[flat_inc]
 
     keep = (grid_scored & include).flatten()
     where = keep.nonzero().flatten()  # flat grid index of each scored token, in row order
     t_of = where % width
-    b_of = (where // width) % b_size
+    b_of = where // ((g_size + 1) * width)
     pred = dest.flatten()[where] - 1
-    prompt_last = dest[0, torch.arange(b_size), (shared - 1).clamp(min=0)]  # (B,)
+    prompt_last = dest[torch.arange(b_size), 0, (shared - 1).clamp(min=0)]  # (B,)
     first_of_completion = is_shared[b_of] & (t_of == shared[b_of])
     pred = torch.where(first_of_completion, prompt_last[b_of], pred)
 
-    # Spans in row order: the shared prompts (slot 0) first, then completion / sequence g of every example.
-    piece_len = include.sum(-1)  # (G + 1, B)
+    # Spans in row order: per example, its shared prompt and then its sequences (from the prompt's end on).
+    piece_len = include.sum(-1)  # (B, G + 1)
     starts = (torch.cumsum(piece_len.flatten(), 0) - piece_len.flatten()).view_as(piece_len)
-    lengths, begins = piece_len.tolist(), starts.tolist()
-    prompts = [(a, a + n) if n else None for a, n in zip(begins[0], lengths[0], strict=True)]
-    spans: list[tuple[int, int, tuple[int, int] | None]] = [(p[0], p[1], None) for p in prompts if p]
-    for g in range(1, g_size + 1):
-        spans += [(a, a + n, prompts[b]) for b, (a, n) in enumerate(zip(begins[g], lengths[g], strict=True)) if n]
+    spans: list[tuple[int, int, tuple[int, int] | None]] = []
+    for lengths, begins in zip(piece_len.tolist(), starts.tolist(), strict=True):
+        prompt = (begins[0], begins[0] + lengths[0]) if lengths[0] else None
+        if prompt is not None:
+            spans.append((prompt[0], prompt[1], None))
+        spans += [(a, a + n, prompt) for a, n in zip(begins[1:], lengths[1:], strict=True) if n]
     device = batch.input_ids.device
 
     def move(t: Tensor) -> Tensor:
@@ -359,8 +365,24 @@ def _plan_one_row(batch: Batch, *, share_prefix: bool) -> _Plan:
         seg_ids=move(seg_ids[None]), pred_index=move(pred), target_ids=move(grid_ids.flatten()[where].long()),
         seq_index=move(grid_seq[..., None].expand(-1, -1, width).flatten()[where]), col_index=move(t_of),
         num_sequences=n_seq, max_len=batch.input_ids.shape[1] if batch.layout == "padded" else int(lens.max()),
-        num_real_tokens=total, spans=[spans],
+        num_real_tokens=total, spans=[spans], segments=Segments(spans),
     )
+
+
+_PLAN_CACHE: list[tuple[tuple, _Plan, tuple]] = []
+
+
+def _cached_plan(batch: Batch, share_prefix: bool) -> _Plan:
+    """:func:`_plan_one_row`, reused while the same batch tensors come back unmodified (the reference and
+    the policy pass of a training step share one plan and its attention groups)."""
+    tensors = (batch.input_ids, batch.attention_mask, batch.completion_mask, batch.seq_lens)
+    key = (share_prefix, batch.group_size, batch.layout,
+           *((id(t), t._version) if t is not None else None for t in tensors))
+    if _PLAN_CACHE and _PLAN_CACHE[0][0] == key and all(a is b for a, b in zip(_PLAN_CACHE[0][2], tensors, strict=True)):
+        return _PLAN_CACHE[0][1]
+    plan = _plan_one_row(batch, share_prefix=share_prefix)
+    _PLAN_CACHE[:] = [(key, plan, tensors)]  # strong references: the ids cannot be reused meanwhile
+    return plan
 
 
 def _dense_mask(doc: Tensor, seg: Tensor) -> Tensor:
@@ -429,7 +451,9 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
         return "varlen"
     # Segment attention switches the attention implementation for the duration of the forward only;
     # activation checkpointing recomputes layers later, in backward, so it takes a mask instead.
-    checkpointing = inner.training and any(getattr(m, "gradient_checkpointing", False) for m in inner.modules())
+    flag = getattr(inner, "is_gradient_checkpointing", None)  # transformers models: no module walk
+    checkpointing = inner.training and (bool(flag) if isinstance(flag, bool) else
+                                        any(getattr(m, "gradient_checkpointing", False) for m in inner.modules()))
     if supports_segment_attention(inner.config) and not checkpointing:
         return "segments"
     if impl == "flex_attention" and device.type == "cuda":
@@ -442,7 +466,7 @@ def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: 
     decoder = inner.get_decoder()
     kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
     if kind == "segments":
-        kwargs["prefkit_segments"] = Segments(plan.spans[0])
+        kwargs["prefkit_segments"] = plan.segments
         with segment_attention(inner.config):
             out = decoder(**kwargs)
         return out.last_hidden_state, inner.get_output_embeddings()
@@ -498,7 +522,7 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     config = _unwrap(model).config
     pad_id = getattr(config, "pad_token_id", None) or 0
     if kind in ("segments", "varlen", "flex"):
-        plan = _plan_one_row(batch, share_prefix=share_prefix)
+        plan = _cached_plan(batch, share_prefix)
     else:
         plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
     dtype = next(model.parameters()).dtype
