@@ -451,7 +451,7 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
         return "varlen"
     # Segment attention switches the attention implementation for the duration of the forward only;
     # activation checkpointing recomputes layers later, in backward, so it takes a mask instead.
-    flag = getattr(inner, "is_gradient_checkpointing", None)  # transformers models: no module walk
+    flag = getattr(inner, "is_activation_checkpointing", None)  # transformers 5: no module walk
     checkpointing = inner.training and (bool(flag) if isinstance(flag, bool) else
                                         any(getattr(m, "gradient_checkpointing", False) for m in inner.modules()))
     if supports_segment_attention(inner.config) and not checkpointing:
