@@ -284,9 +284,31 @@ def test_batched_segments_match_padded(share_prefix, shape):
     batch = _batch(*shape)
     ref_logps, ref_tokens = _naive(model, batch)
     ref_grads = _grads(model, ref_logps.sum())
-    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, token_logps=True)
+    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, token_logps=True, attention="segments")
     torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.token_logps, ref_tokens.detach(), atol=1e-5, rtol=1e-5)
     got_grads = _grads(model, out.logps.sum())
     for name in ref_grads:
         torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_auto_runs_short_unshrinkable_batches_padded():
+    """``attention="auto"``: short sequences that the fast path would shrink by < 25% run padded (the
+    demo's shape); a batch it shrinks more, or with longer sequences, runs packed. Same values."""
+    from prefkit.models import packing
+
+    model = _model("sdpa")
+    calls = []
+    original = packing._hidden_and_head
+    packing._hidden_and_head = lambda *a: calls.append(a[2]) or original(*a)
+    try:
+        short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
+        assert packing._padded_is_cheaper(short, packing._plan_one_row(short, share_prefix=True))
+        out = packed_sequence_logps(model, short, share_prefix=True)
+        assert calls == []
+        torch.testing.assert_close(out.logps, _naive(model, short)[0].detach(), atol=1e-5, rtol=1e-5)
+        uneven = _batch(*UNEVEN)  # 54% padding
+        packed_sequence_logps(model, uneven, share_prefix=True)
+        assert calls == ["segments"]
+    finally:
+        packing._hidden_and_head = original
