@@ -303,7 +303,7 @@ def test_auto_runs_short_unshrinkable_batches_padded():
     packing._hidden_and_head = lambda *a: calls.append(a[2]) or original(*a)
     try:
         short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
-        assert packing._padded_is_cheaper(short, packing._plan_one_row(short, share_prefix=True))
+        assert packing._padded_is_cheaper(short, share_prefix=True)
         out = packed_sequence_logps(model, short, share_prefix=True)
         assert calls == []
         torch.testing.assert_close(out.logps, _naive(model, short)[0].detach(), atol=1e-5, rtol=1e-5)

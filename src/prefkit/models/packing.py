@@ -378,10 +378,18 @@ MIN_SAVING = 0.25
 """Fraction of the padded batch's tokens the fast path must save to run on short sequences."""
 
 
-def _padded_is_cheaper(batch: Batch, plan: _Plan) -> bool:
+def _padded_is_cheaper(batch: Batch, share_prefix: bool) -> bool:
+    """Short padded batch where the fast path saves < MIN_SAVING of the tokens. Without building the
+    plan: the shared prefixes are at most the prompts (``prompt_lens``) of sequences 1..G-1."""
     if batch.layout != "padded" or batch.input_ids.shape[1] > SHORT_SEQUENCE_TOKENS:
         return False
-    return plan.num_real_tokens > (1 - MIN_SAVING) * batch.input_ids.numel()
+    run_tokens = int(batch.attention_mask.sum())
+    if share_prefix and batch.group_size >= 2:
+        if batch.prompt_lens is None:
+            run_tokens = _cached_plan(batch, share_prefix).num_real_tokens
+        else:
+            run_tokens -= int(batch.prompt_lens[batch.num_sequences // batch.group_size:].sum())  # lower bound
+    return run_tokens > (1 - MIN_SAVING) * batch.input_ids.numel()
 
 
 _PLAN_CACHE: list[tuple[tuple, _Plan, tuple]] = []
@@ -539,12 +547,12 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     config = _unwrap(model).config
     pad_id = getattr(config, "pad_token_id", None) or 0
     if kind in ("segments", "varlen", "flex"):
-        plan = _cached_plan(batch, share_prefix)
-        if attention == "auto" and _padded_is_cheaper(batch, plan):
+        if attention == "auto" and _padded_is_cheaper(batch, share_prefix):
             from prefkit.models.logprobs import sequence_logps  # the padded engine (it imports this module)
 
             out = sequence_logps(model, batch, chunk_size=chunk_size, token_logps=token_logps, packing=False)
             return PackedLogps(out.logps, out.tokens, out.token_logps, out.mask)
+        plan = _cached_plan(batch, share_prefix)
     else:
         plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
     dtype = next(model.parameters()).dtype
