@@ -537,6 +537,11 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     Returns:
         :class:`PackedLogps` in row order; differentiable wrt the model's parameters.
     """
+    if attention == "auto" and _padded_is_cheaper(batch, share_prefix):  # checked first: it is the cheap case
+        from prefkit.models.logprobs import sequence_logps  # the padded engine (it imports this module)
+
+        out = sequence_logps(model, batch, chunk_size=chunk_size, token_logps=token_logps, packing=False)
+        return PackedLogps(out.logps, out.tokens, out.token_logps, out.mask)
     reason = fast_path_unsupported(model)
     if reason is not None:
         raise ValueError(f"packed log-probs cannot run this model: {reason}")
@@ -547,11 +552,6 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     config = _unwrap(model).config
     pad_id = getattr(config, "pad_token_id", None) or 0
     if kind in ("segments", "varlen", "flex"):
-        if attention == "auto" and _padded_is_cheaper(batch, share_prefix):
-            from prefkit.models.logprobs import sequence_logps  # the padded engine (it imports this module)
-
-            out = sequence_logps(model, batch, chunk_size=chunk_size, token_logps=token_logps, packing=False)
-            return PackedLogps(out.logps, out.tokens, out.token_logps, out.mask)
         plan = _cached_plan(batch, share_prefix)
     else:
         plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
