@@ -262,6 +262,20 @@ class PolicyStep(nn.Module):
         return self.objective(self.model, batch, reference)
 
 
+def _accelerator(mixed_precision: str, cpu: bool) -> Any:
+    """A new ``Accelerator``. accelerate keeps one process-wide state and refuses a second Accelerator
+    with other settings; in a single, unlaunched process (several Trainers in one script or test
+    session) that state is reset first, so each Trainer gets its own precision. Launched runs keep it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and int(os.environ.get("WORLD_SIZE", "1")) == 1 and state.get("mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 # -- data order --------------------------------------------------------------------------------------------
 
 
@@ -346,13 +360,12 @@ class Trainer:
                 the in-memory reference weights).
             accelerator: an ``accelerate.Accelerator`` (default: one built from ``config.train``).
         """
-        from accelerate import Accelerator
 
         self.config, self.tokenizer = config, tokenizer
         # Several processes and no GPU (``accelerate launch --multi_gpu --num_processes 2`` on a CPU
         # machine): accelerate needs cpu=True to pick gloo.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
+        self.accelerator = accelerator or _accelerator(config.train.mixed_precision, cpu)
         self.device = self.accelerator.device
         self.run_dir = Path(config.output.dir)
         self.objective = objective or make_objective(config)
