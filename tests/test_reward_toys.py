@@ -23,6 +23,15 @@ from prefkit.models.reward import GPMHead, MultiObjectiveHead, RewardOutput, Sca
 H = 8  # feature size
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These are tiny full-batch fits: one torch thread is several times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _fit(params, loss_fn, steps: int, lr: float) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
