@@ -47,13 +47,18 @@ _EXPORTS: dict[str, str] = {
     "pack_batch": "prefkit.models.packing", "packed_sequence_logps": "prefkit.models.packing",
     "prefix_shared_sequence_logps": "prefkit.models.packing",
     "load_gguf_cached": "prefkit.models.gguf",
-    "RewardModel": "prefkit.models.reward",
+    "RewardModel": "prefkit.models.reward", "RewardModelConfig": "prefkit.models.reward",
+    "RewardObjective": "prefkit.models.reward", "load_reward_config": "prefkit.models.reward",
+    "train_reward_model": "prefkit.models.reward", "score_records": "prefkit.models.reward",
+    "ScalarHead": "prefkit.models.reward", "MultiObjectiveHead": "prefkit.models.reward",
+    "TieHead": "prefkit.models.reward", "GPMHead": "prefkit.models.reward",
     # training
     "RunConfig": "prefkit.train", "load_config": "prefkit.train", "Trainer": "prefkit.train",
     "run": "prefkit.train", "Objective": "prefkit.train", "StepOutput": "prefkit.train",
     # evaluation and demo
     "evaluate_reward_model": "prefkit.eval", "RewardEvalReport": "prefkit.eval",
     "expected_calibration_error": "prefkit.eval", "pairwise_accuracy": "prefkit.eval",
+    "evaluate_margins": "prefkit.eval", "print_report": "prefkit.eval", "write_report": "prefkit.eval",
     "run_demo": "prefkit.toy", "DemoResult": "prefkit.toy",
 }
 
