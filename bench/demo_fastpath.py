@@ -5,9 +5,14 @@ seed), with ``model.packing`` / ``model.share_prefix`` on ("fast") or off ("padd
 is wrapped to record the process CPU time of each stage: the SFT warm-up (first call) and the preference
 stage (second call, the one the config's ``model.*`` keys drive; the SFT warm-up and the evaluation call
 ``sequence_logps`` with its defaults, so they run the fast path in both variants). The job's total CPU
-time comes from ``getrusage(RUSAGE_CHILDREN)``. Runs alternate fast / padded to spread machine load.
+time comes from ``getrusage(RUSAGE_CHILDREN)``. Runs alternate fast, padded, padded, fast, ... so that
+a drift in machine load cancels.
 
     OMP_NUM_THREADS=1 python bench/demo_fastpath.py --reps 2 --out bench/demo_fastpath.json
+
+``--micro``: instead, one forward + backward of the log-probs of demo-shaped batches (32 toy pairs of
+8 tokens, the demo's untrained tiny Llama), in process, per engine: padded, and the fast path forced
+on (``attention="segments"``, which bypasses the short-batch dispatch) without / with prompt sharing.
 """
 
 from __future__ import annotations
@@ -59,15 +64,57 @@ def run_once(variant: str, extra: list[str]) -> dict:
             "preference_cpu_s": res["stages"][1], "after_accuracy": res["after"]}
 
 
+def micro(reps: int) -> None:
+    import random
+    import time
+
+    import torch
+
+    from prefkit.data.encode import Encoder, collate
+    from prefkit.models.logprobs import sequence_logps
+    from prefkit.models.packing import packed_sequence_logps
+    from prefkit.toy import world
+    from prefkit.toy.demo import ToySettings, build_model
+
+    torch.set_num_threads(1)
+    tok = world.build_tokenizer()
+    pairs = world.preference_pairs(256, random.Random(0))
+    enc = Encoder(tok)
+    examples = enc.encode_all(pairs)[0]
+    model = build_model(tok, ToySettings(), 0)
+    batches = [collate(examples[i:i + 32], enc.pad_id) for i in range(0, len(examples), 32)]
+    engines = {
+        "padded": lambda b: sequence_logps(model, b, packing=False),
+        "packed": lambda b: packed_sequence_logps(model, b, attention="segments"),
+        "packed+shared": lambda b: packed_sequence_logps(model, b, share_prefix=True, attention="segments"),
+        "auto (default)": lambda b: sequence_logps(model, b),
+    }
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(reps):
+        for name, run in engines.items():
+            t0 = time.process_time()
+            for b in batches:
+                run(b).logps.sum().backward()
+            times[name].append((time.process_time() - t0) / len(batches))
+    shape = tuple(batches[0].input_ids.shape)
+    print(f"batch {shape}, {int(batches[0].attention_mask.sum())} real tokens; CPU ms per batch (median of {reps}):")
+    for name, ts in times.items():
+        print(f"  {name:15s} {1e3 * statistics.median(ts):6.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--micro", action="store_true", help="time demo-shaped batches in process")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both variants")
     args = parser.parse_args()
+    if args.micro:
+        micro(max(args.reps, 5))
+        return
     runs = []
-    for _ in range(args.reps):
-        for variant in VARIANTS:
+    for rep in range(args.reps):
+        for variant in list(VARIANTS)[::1 if rep % 2 == 0 else -1]:  # ABBA: cancels a load drift
             runs.append(run_once(variant, args.overrides))
             print(json.dumps(runs[-1]), flush=True)
     summary = {}
