@@ -43,3 +43,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` or an empty string."""
     hit = nearest(name, choices)
     return f" (did you mean {hit!r}?)" if hit else ""
+
+
+def check_known_keys(values: Iterable[str], valid: Iterable[str], what: str) -> None:
+    """Raise ConfigError for the first key of ``values`` not in ``valid``, naming the nearest one.
+
+    ``what`` names the kind of key in the message, e.g. ``"encoding option"``.
+    """
+    names = list(valid)
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown {what} {key!r}{did_you_mean(key, names)}; valid options: {names}")

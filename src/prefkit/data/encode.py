@@ -50,7 +50,7 @@ import torch
 
 from prefkit.data.batch import Batch
 from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired
-from prefkit.errors import ConfigError, DataError, did_you_mean
+from prefkit.errors import ConfigError, DataError, check_known_keys, did_you_mean
 
 Truncation = Literal["keep_end", "drop", "raise"]
 Kind = Literal["pair", "list", "unpaired", "rating"]
@@ -98,11 +98,7 @@ class EncodeConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EncodeConfig:
         """Build from a mapping (YAML); an unknown key is a ConfigError naming the nearest valid one."""
-        names = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in names:
-                raise ConfigError(f"unknown encoding option {key!r}{did_you_mean(key, names)}; "
-                                  f"valid options: {names}")
+        check_known_keys(values, [f.name for f in fields(cls)], "encoding option")
         return cls(**values)
 
 

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
 from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired
-from prefkit.errors import ConfigError, DataError, did_you_mean
+from prefkit.errors import ConfigError, DataError, check_known_keys, did_you_mean
 
 Pooling = Literal["last", "mean", "cls"]
 HeadKind = Literal["scalar", "multi", "tie", "gpm"]
@@ -342,11 +342,7 @@ class RewardModelConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RewardModelConfig:
         """Build from a mapping; an unknown key is a ConfigError naming the nearest valid one."""
-        names = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in names:
-                raise ConfigError(f"unknown reward-model option {key!r}{did_you_mean(key, names)}; "
-                                  f"valid options: {names}")
+        check_known_keys(values, [f.name for f in fields(cls)], "reward-model option")
         clean = dict(values)
         for key in ("attributes", "weights"):
             if clean.get(key) is not None:
