@@ -293,8 +293,8 @@ def test_batched_segments_match_padded(share_prefix, shape):
 
 
 def test_auto_runs_short_unshrinkable_batches_padded():
-    """``attention="auto"``: short sequences that the fast path would shrink by < 25% run padded (the
-    demo's shape); a batch it shrinks more, or with longer sequences, runs packed. Same values."""
+    """``attention="auto"``: short sequences that the fast path would shrink by < 20% run padded; a
+    batch it shrinks more, or with longer sequences, runs packed. Same values."""
     from prefkit.models import packing
 
     model = _model("sdpa")
@@ -312,3 +312,30 @@ def test_auto_runs_short_unshrinkable_batches_padded():
         assert calls == ["segments"]
     finally:
         packing._hidden_and_head = original
+
+
+@pytest.mark.parametrize("grid", [0, 64], ids=["per-shape-groups", "grid"])
+@pytest.mark.parametrize("share_prefix", [False, True])
+@pytest.mark.parametrize("shape", [UNEVEN, LISTS, SHORT_EQUAL], ids=["pairs-uneven", "lists-of-4", "short-equal"])
+def test_grid_and_per_shape_groups_match_padded(grid, share_prefix, shape, monkeypatch):
+    """Short units of several shapes run as one masked SDPA call on a padded grid
+    (``GRID_UNIT_TOKENS``), or, with the grid off, one call per shape; both equal the padded
+    computation. A single shape never takes the grid (it is one call already)."""
+    from prefkit.models import attention
+
+    monkeypatch.setattr(attention, "GRID_UNIT_TOKENS", grid)
+    model = _model("sdpa")
+    batch = _batch(*shape)
+    ref_logps, ref_tokens = _naive(model, batch)
+    ref_grads = _grads(model, ref_logps.sum())
+    seen = []
+    original = attention._grid
+    monkeypatch.setattr(attention, "_grid", lambda *a: seen.append(original(*a)[0] is not None) or original(*a))
+    out = packed_sequence_logps(model, batch, share_prefix=share_prefix, token_logps=True, attention="segments")
+    torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.token_logps, ref_tokens.detach(), atol=1e-5, rtol=1e-5)
+    got_grads = _grads(model, out.logps.sum())
+    for name in ref_grads:
+        torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    single_shape = shape is SHORT_EQUAL and share_prefix is False
+    assert seen == ([] if not grid else [False] if single_shape else [True]), seen

@@ -14,7 +14,7 @@ from prefkit.train.config import load_config
 
 
 def test_reward_golden() -> None:
-    """Hand-worked rewards (RESPONSE_LEN = 4, reward = good positions / 4).
+    """Hand-worked rewards for prompts without a length (DEFAULT_LEN = 4, reward = good positions / 4).
 
     up 3 : "4 6 5 8": 3→4 up, 4→6 up, 6→5 down, 5→8 up -> 3/4.
     down 3 : "2 1 0 0": 3→2, 2→1, 1→0 down, 0→0 not -> 3/4.
@@ -32,6 +32,28 @@ def test_reward_golden() -> None:
     assert world.reward("up 3 :", "4 x 6 7") == 0.25
     assert world.reward("up 0 :", "1 2 3 4") == 1.0
     assert world.reward("up 0 :", "") == 0.0
+
+
+def test_prompt_length_sets_the_response_length() -> None:
+    """A prompt asks for n digits (``"up 3 6 :"``); reward = good positions / n.
+
+    up 3 6 : "4 5 6 7 8 9": all 6 up -> 1; "4 5 6" (too short): 3/6; "4 5 6 7 8 9 9" (one extra): 6/6 − 1/6.
+    odd 2 2 : "1 3": 2/2. "up 3 :" asks for DEFAULT_LEN = 4 digits.
+    """
+    assert world.parse_prompt("up 3 6 :") == world.Prompt("up", 3, 6)
+    assert world.parse_prompt("up 3 :") == world.Prompt("up", 3, world.DEFAULT_LEN)
+    assert world.Prompt("near", 1, 7).text == "near 1 7 :"
+    assert world.reward("up 3 6 :", "4 5 6 7 8 9") == 1.0
+    assert world.reward("up 3 6 :", "4 5 6") == 0.5
+    assert world.reward("up 3 6 :", "4 5 6 7 8 9 9") == pytest.approx(5 / 6)
+    assert world.reward("odd 2 2 :", "1 3") == 1.0
+    for bad in ("up 3 0 :", "up 3 x :", "up 3 4 5 :", "sideways 3 4 :"):
+        with pytest.raises(ValueError, match="not a toy prompt"):
+            world.parse_prompt(bad)
+    prompts = world.sample_prompts(400, random.Random(0))
+    assert {p.length for p in prompts} == set(range(world.MIN_LEN, world.MAX_LEN + 1))
+    rng = random.Random(1)
+    assert all(len(world.sample_mixed(p, rng).split()) == p.length for p in prompts)
 
 
 def test_tokenizer_round_trip() -> None:

@@ -3,7 +3,7 @@
 ``run_demo()`` (what ``prefkit demo`` and a bare ``prefkit train`` call) does, on CPU, with no files
 read and nothing downloaded:
 
-1. builds the toy tokenizer and a tiny Llama (hidden 64, 2 layers) from a seed;
+1. builds the toy tokenizer and a tiny Llama (hidden 128, 2 layers) from a seed;
 2. SFT warm-up with the project's :class:`~prefkit.train.Trainer` and a small NLL objective on
    responses that mix the good and the bad mode half and half (no preference in the data);
 3. measures the "before" numbers (below) with the SFT model as the policy and the reference;
@@ -52,7 +52,7 @@ TOY_MARKER = "toy"
 class ToySettings:
     """Sizes of the toy world, the tiny model and the SFT warm-up (the preference stage is a RunConfig)."""
 
-    hidden_size: int = 64
+    hidden_size: int = 128
     """Width of the tiny Llama."""
     num_layers: int = 2
     """Decoder layers of the tiny Llama."""
@@ -60,7 +60,7 @@ class ToySettings:
     """SFT warm-up optimizer steps."""
     sft_batch_size: int = 64
     """SFT examples per step."""
-    sft_lr: float = 3e-3
+    sft_lr: float = 1e-3
     """SFT learning rate (AdamW, constant after a short warmup)."""
     train_pairs: int = 4000
     """Preference pairs for the preference stage."""
@@ -141,6 +141,8 @@ class SFTObjective:
 
     needs_reference: bool = False
     token_logps: bool = False
+    packing: bool = True
+    """Run the log-prob fast path (``sequence_logps(packing=...)``); the demo passes ``model.packing``."""
 
     def prepare(self, examples: list, seed: int) -> list:
         return examples
@@ -148,7 +150,7 @@ class SFTObjective:
     def __call__(self, model: nn.Module, batch: Any, reference: Any) -> Any:
         from prefkit.train.trainer import StepOutput
 
-        seq = sequence_logps(model, batch)
+        seq = sequence_logps(model, batch, packing=self.packing)
         nll = -seq.logps / seq.tokens  # (N,) model log-likelihood is negated into a loss
         return StepOutput(nll, {"nll": nll.detach()})
 
@@ -158,15 +160,17 @@ class SFTObjective:
 
 @torch.no_grad()
 def pair_margins(policy: nn.Module, reference: nn.Module, pairs: list[Pair], tokenizer: Any,
-                 batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """(policy log π(chosen) − log π(rejected), implicit-reward log-ratio margin h), both (P,)."""
+                 batch_size: int = 256, **engine: bool) -> tuple[Tensor, Tensor]:
+    """(policy log π(chosen) − log π(rejected), implicit-reward log-ratio margin h), both (P,).
+
+    ``engine``: ``packing`` / ``share_prefix`` for :func:`sequence_logps`."""
     encoder = Encoder(tokenizer)
     examples = encoder.encode_all(pairs)[0]
     policy_margins, ratio_margins = [], []
     for s in range(0, len(examples), batch_size):
         batch = collate(examples[s:s + batch_size], encoder.pad_id)
-        pol = pair_logps(sequence_logps(policy, batch), batch)
-        ref = pair_logps(sequence_logps(reference, batch), batch)
+        pol = pair_logps(sequence_logps(policy, batch, **engine), batch)
+        ref = pair_logps(sequence_logps(reference, batch, **engine), batch)
         policy_margins.append(pol.chosen_logps - pol.rejected_logps)  # (B,)
         ratio_margins.append((pol.chosen_logps - ref.chosen_logps) - (pol.rejected_logps - ref.rejected_logps))
     return torch.cat(policy_margins), torch.cat(ratio_margins)
@@ -177,14 +181,20 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str], *, sample: bo
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Responses to same-length prompts: (ids (P, L) padded after EOS, completion mask (P, L)).
 
-    A plain loop over ``RESPONSE_LEN + 1`` new tokens (greedy, or sampling at temperature 1), no cache.
+    A plain loop of up to ``MAX_LEN + 1`` new tokens (greedy, or sampling at temperature 1) with the
+    model's key/value cache, stopping when every response has ended.
     """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     ids = torch.tensor([tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts])  # (P, Tp)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     new, mask = [], []
-    for _ in range(world.RESPONSE_LEN + 1):
-        logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()  # (P, V)
+    step_ids, past = ids, None
+    for _ in range(world.MAX_LEN + 1):
+        if bool(done.all()):
+            break
+        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()  # (P, V)
         if sample:
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
         else:
@@ -193,7 +203,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str], *, sample: bo
         mask.append(~done)
         new.append(nxt)
         done = done | (nxt == eos)
-        ids = torch.cat([ids, nxt[:, None]], 1)
+        step_ids = nxt[:, None]  # (P, 1): the cache holds everything before
     return torch.stack(new, 1), torch.stack(mask, 1)
 
 
@@ -207,11 +217,12 @@ def completion_logps(model: nn.Module, prompt_ids: Tensor, completion: Tensor, m
 
 
 def snapshot(policy: nn.Module, reference: nn.Module, tokenizer: Any, pairs: list[Pair],
-             prompts: list[world.Prompt], seed: int) -> Snapshot:
-    """The demo's numbers for ``policy`` against ``reference`` (see the module docstring)."""
+             prompts: list[world.Prompt], seed: int, **engine: bool) -> Snapshot:
+    """The demo's numbers for ``policy`` against ``reference`` (see the module docstring); ``engine``:
+    ``packing`` / ``share_prefix`` for the log-probs."""
     was_training = policy.training
     policy.eval()
-    policy_m, ratio_m = pair_margins(policy, reference, pairs, tokenizer)
+    policy_m, ratio_m = pair_margins(policy, reference, pairs, tokenizer, **engine)
     texts = [p.text for p in prompts]
     prompt_ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
     greedy, _ = generate(policy, tokenizer, texts, sample=False)
@@ -305,13 +316,15 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
         "train.log_every=50", f"train.progress={str(config.train.progress).lower()}"])
     from prefkit.train.trainer import Trainer
 
-    Trainer(sft_cfg, model, tokenizer, sft_records, objective=SFTObjective()).train()
+    # The config's model.packing / model.share_prefix switch the log-prob engine of every stage.
+    engine = {"packing": config.model.packing, "share_prefix": config.model.share_prefix}
+    Trainer(sft_cfg, model, tokenizer, sft_records, objective=SFTObjective(packing=config.model.packing)).train()
 
     # 2. Before: the SFT model is both the policy and the reference.
     from prefkit.models.load import frozen_copy
 
     reference = frozen_copy(model)
-    before = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed)
+    before = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed, **engine)
 
     # 3. Preference stage, per the run config (reference: the frozen SFT copy).
     config.output.dir = str(run_dir / "dpo")
@@ -319,7 +332,7 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
     train_metrics = trainer.train()
 
     # 4. After.
-    after = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed)
+    after = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed, **engine)
     plots = [plot_before_after(before, after, run_dir / "plots" / "before_after.png")]
     plots += sorted((run_dir / "dpo" / "plots").glob("*.png"))
     result = DemoResult(before, after, run_dir, plots, time.perf_counter() - t0,

@@ -1,7 +1,8 @@
 """The toy world: a small family of digit tasks with a hidden, checkable reward.
 
-A prompt names a task and a start digit, ``"up 3 :"``; a response is ``RESPONSE_LEN`` digits,
-``"4 6 5 8"``. Each task scores a response in [0, 1] by a rule the model never sees:
+A prompt names a task, a start digit and a response length, ``"up 3 6 :"``; a response is that many
+digits, ``"4 6 5 8 9 9"`` (lengths ``MIN_LEN`` to ``MAX_LEN``, so sequences in a batch differ in length,
+as real preference data do). Each task scores a response in [0, 1] by a rule the model never sees:
 
 - ``up d``: the fraction of the steps d→r1, r1→r2, ... that go strictly up;
 - ``down d``: the fraction that go strictly down;
@@ -9,6 +10,7 @@ A prompt names a task and a start digit, ``"up 3 :"``; a response is ``RESPONSE_
 - ``odd d``: the fraction of response digits whose parity differs from d's.
 
 Responses that are too short, too long or hold a non-digit score 0 on every position they get wrong.
+A prompt without a length, ``"up 3 :"``, asks for ``DEFAULT_LEN`` digits.
 The SFT data mix a "good" and a "bad" mode half and half (each digit follows, or breaks, the rule
 with probability 0.9), so a model warmed up on them has learned the task format and to follow the
 prompt, but has no preference between good and bad: its held-out preference accuracy is at chance.
@@ -30,8 +32,12 @@ from transformers import PreTrainedTokenizerFast
 
 from prefkit.data.records import Pair
 
-RESPONSE_LEN = 4
-"""Digits in a well-formed response."""
+MIN_LEN = 2
+"""Shortest response length a prompt asks for."""
+MAX_LEN = 9
+"""Longest response length a prompt asks for (one digit token in the prompt)."""
+DEFAULT_LEN = 4
+"""Length asked by a prompt written without one (``"up 3 :"``)."""
 
 DIGITS = tuple(str(d) for d in range(10))
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
@@ -65,43 +71,50 @@ TASKS: dict[str, Callable[[int, int, int], bool]] = {
 
 @dataclass(frozen=True)
 class Prompt:
-    """One toy prompt: a task name and a start digit."""
+    """One toy prompt: a task name, a start digit and the response length asked for."""
 
     task: str
     start: int
+    length: int = DEFAULT_LEN
 
     @property
     def text(self) -> str:
-        return f"{self.task} {self.start} :"
+        return f"{self.task} {self.start} {self.length} :"
 
 
 def parse_prompt(text: str) -> Prompt:
     """The inverse of ``Prompt.text``."""
-    task, start, colon = text.split()
-    if task not in TASKS or colon != ":" or start not in DIGITS:
+    words = text.split()
+    if len(words) == 3:
+        words.insert(2, str(DEFAULT_LEN))
+    if len(words) != 4:
         raise ValueError(f"not a toy prompt: {text!r}")
-    return Prompt(task, int(start))
+    task, start, length, colon = words
+    if task not in TASKS or colon != ":" or start not in DIGITS or length not in DIGITS or int(length) < 1:
+        raise ValueError(f"not a toy prompt: {text!r}")
+    return Prompt(task, int(start), int(length))
 
 
 def reward(prompt: Prompt | str, response: str) -> float:
     """The hidden ground-truth reward of ``response`` (text, e.g. ``"4 6 5 8"``) in [0, 1].
 
-    The fraction of the ``RESPONSE_LEN`` positions holding a digit the task's rule calls good. A
+    The fraction of the n = ``prompt.length`` positions holding a digit the task's rule calls good. A
     missing or non-digit token is never good (and breaks the chain for ``up``/``down``), and each
-    token past ``RESPONSE_LEN`` takes 1 / ``RESPONSE_LEN`` off (floored at 0).
+    token past n takes 1 / n off (floored at 0).
     """
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     rule = TASKS[p.task]
     tokens = response.split()
     good, prev = 0, p.start
-    for t in tokens[:RESPONSE_LEN]:
+    n = p.length
+    for t in tokens[:n]:
         if t not in DIGITS:
             break
         d = int(t)
         good += rule(p.start, prev, d)
         prev = d
-    extra = max(0, len(tokens) - RESPONSE_LEN)
-    return max(0.0, (good - extra) / RESPONSE_LEN)
+    extra = max(0, len(tokens) - n)
+    return max(0.0, (good - extra) / n)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -117,9 +130,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def sample_prompts(n: int, rng: random.Random) -> list[Prompt]:
-    """``n`` prompts, task and start digit uniform."""
+    """``n`` prompts, task, start digit and length (``MIN_LEN``..``MAX_LEN``) uniform."""
     names = sorted(TASKS)
-    return [Prompt(rng.choice(names), rng.randrange(10)) for _ in range(n)]
+    return [Prompt(rng.choice(names), rng.randrange(10), rng.randint(MIN_LEN, MAX_LEN)) for _ in range(n)]
 
 
 def sample_response(prompt: Prompt, rng: random.Random, *, good: bool, p_rule: float = 0.9) -> str:
@@ -130,7 +143,7 @@ def sample_response(prompt: Prompt, rng: random.Random, *, good: bool, p_rule: f
     """
     rule = TASKS[prompt.task]
     prev, out = prompt.start, []
-    for _ in range(RESPONSE_LEN):
+    for _ in range(prompt.length):
         allowed = [d for d in range(10) if rule(prompt.start, prev, d) == good]
         d = rng.choice(allowed) if allowed and rng.random() < p_rule else rng.randrange(10)
         out.append(d)
@@ -168,5 +181,5 @@ def preference_pairs(n: int, rng: random.Random, *, k: int = 2) -> list[Pair]:
     return pairs
 
 
-__all__ = ["RESPONSE_LEN", "TASKS", "Prompt", "parse_prompt", "reward", "build_tokenizer",
+__all__ = ["MIN_LEN", "MAX_LEN", "DEFAULT_LEN", "TASKS", "Prompt", "parse_prompt", "reward", "build_tokenizer",
            "sample_prompts", "sample_response", "sample_mixed", "sft_examples", "preference_pairs"]
