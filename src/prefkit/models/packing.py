@@ -372,8 +372,9 @@ def _plan_one_row(batch: Batch, *, share_prefix: bool) -> _Plan:
 SHORT_SEQUENCE_TOKENS = 32
 """``attention="auto"``: a padded batch whose sequences are all at most this long, and which the fast
 path would shrink by less than :data:`MIN_SAVING`, runs padded. At this length every layer is a few
-small kernels whose fixed cost outweighs the tokens saved (the demo job: 8-token pairs, no padding,
-3-token shared prompts, 19% fewer tokens, and the fast path measured 7-16% slower per step)."""
+small kernels whose fixed cost outweighs the few tokens saved (measured on CPU with a width-64 model:
+8-token pairs with no padding and 3-token shared prompts, 19% fewer tokens, ran 7-16% slower per step
+on the fast path; with 25% fewer tokens it broke even, and with more it wins)."""
 MIN_SAVING = 0.2
 """Fraction of the padded batch's tokens the fast path must save to run on short sequences."""
 
