@@ -1,18 +1,18 @@
 """CPU time of the demo job (``prefkit demo``) with and without the log-prob fast path.
 
 Each run is its own subprocess running ``prefkit.toy.demo.run_demo`` on the packaged ``demo.yaml`` (same
-seed), with ``model.packing`` / ``model.share_prefix`` on ("fast") or off ("padded"). ``Trainer.train``
+seed), with ``model.packing`` / ``model.share_prefix`` on ("fast") or off ("padded"); the demo passes
+these keys to every stage (SFT warm-up, preference stage, before/after evaluation). ``Trainer.train``
 is wrapped to record the process CPU time of each stage: the SFT warm-up (first call) and the preference
-stage (second call, the one the config's ``model.*`` keys drive; the SFT warm-up and the evaluation call
-``sequence_logps`` with its defaults, so they run the fast path in both variants). The job's total CPU
-time comes from ``getrusage(RUSAGE_CHILDREN)``. Runs alternate fast, padded, padded, fast, ... so that
-a drift in machine load cancels.
+stage (second call). The job's total CPU time comes from ``getrusage(RUSAGE_CHILDREN)``. Runs alternate
+fast, padded, padded, fast, ... so that a drift in machine load cancels.
 
     OMP_NUM_THREADS=1 python bench/demo_fastpath.py --reps 2 --out bench/demo_fastpath.json
 
-``--micro``: instead, one forward + backward of the log-probs of demo-shaped batches (32 toy pairs of
-8 tokens, the demo's untrained tiny Llama), in process, per engine: padded, and the fast path forced
-on (``attention="segments"``, which bypasses the short-batch dispatch) without / with prompt sharing.
+``--micro``: instead, one forward + backward of the log-probs of demo-shaped batches (32 toy pairs,
+prompts of 4 tokens, responses of 2-9 digits plus EOS, the demo's untrained tiny Llama), in process, per
+engine: padded, and the fast path forced on (``attention="segments"``, which bypasses the short-batch
+dispatch) without / with prompt sharing, and the default dispatch.
 """
 
 from __future__ import annotations
