@@ -382,7 +382,7 @@ def print_result(result: DemoResult) -> None:
     console.print(table)
     console.print("greedy generations, before -> after (hidden reward):", highlight=False)
     for (prompt, b, rb), (_, a, ra) in zip(result.before.examples[:4], result.after.examples[:4], strict=True):
-        console.print(f"  {prompt:9} {b:9} ({rb:.2f})  ->  {a:9} ({ra:.2f})", highlight=False)
+        console.print(f"  {prompt:10} {b:17} ({rb:.2f})  ->  {a:17} ({ra:.2f})", highlight=False)
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)", highlight=False)
     for path in result.plots:
         console.print(f"plot: {path}", highlight=False)
