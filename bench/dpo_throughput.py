@@ -399,7 +399,9 @@ def _spawn(spec: dict) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    return {"error": proc.stderr[-3000:], "spec": spec}
+    how = (f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
+           if proc.returncode < 0 else f"exit status {proc.returncode}")
+    return {"error": f"worker {how}; stderr tail: {proc.stderr[-3000:]}", "spec": spec}
 
 
 def environment() -> dict:
