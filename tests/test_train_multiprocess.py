@@ -27,6 +27,15 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _free_port() -> str:
+    """A TCP port nothing listens on now (a fixed port can still be held by an earlier run)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
                     reason="accelerate CLI not installed")
 def test_two_processes_match_one(tmp_path) -> None:
@@ -42,7 +51,7 @@ def test_two_processes_match_one(tmp_path) -> None:
     one = [sys.executable, "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=4",
            f"output.dir={tmp_path / 'one'}"]
     two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
            "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=2",
            f"output.dir={tmp_path / 'two'}"]
     for cmd in (one, two):
@@ -101,7 +110,7 @@ def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = [sys.executable, str(script), str(tmp_path / "one"), kind, "8", "1"]
     two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
            str(script), str(tmp_path / "two"), kind, "2", "2"]
     for cmd in (one, two):
         subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
