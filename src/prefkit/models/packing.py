@@ -487,26 +487,76 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
 
 def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: torch.dtype):
     inner = _unwrap(model)
-    decoder = inner.get_decoder()
+    return _run_decoder(inner.get_decoder(), inner.config, plan, kind, dtype), inner.get_output_embeddings()
+
+
+def _run_decoder(decoder: nn.Module, config, plan: _Plan, kind: AttentionKind, dtype: torch.dtype) -> Tensor:
+    """(R, L, H) last hidden states of the plan's rows, attention kept inside each packed unit."""
     kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
     if kind == "segments":
         kwargs["prefkit_segments"] = plan.segments
-        with segment_attention(inner.config):
+        with segment_attention(config):
             out = decoder(**kwargs)
-        return out.last_hidden_state, inner.get_output_embeddings()
+        return out.last_hidden_state
     if kind == "varlen":
         kwargs["attention_mask"] = None
     elif kind == "flex":
         kwargs["attention_mask"] = _flex_mask(plan.doc_ids, plan.seg_ids)
     else:
         mask = _dense_mask(plan.doc_ids, plan.seg_ids)
-        if inner.config._attn_implementation == "eager":  # additive float mask; SDPA takes bool
+        if config._attn_implementation == "eager":  # additive float mask; SDPA takes bool
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min)
         kwargs["attention_mask"] = mask
     out = decoder(**kwargs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, L, H)
-    return hidden, inner.get_output_embeddings()
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, L, H)
+
+
+def backbone_fast_path_unsupported(backbone: nn.Module) -> str | None:
+    """Why :func:`packed_hidden` cannot run a bare (headless) backbone, e.g. a reward model's; None
+    when it can. Packing keeps each sequence's attention causal inside its segment, so only causal
+    decoders qualify: a bidirectional encoder (BERT, MiniLM) lets every token see the whole sequence,
+    and packing or sharing a prompt would change its results."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    peft_config = getattr(backbone, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return "prompt-learning PEFT adapters add virtual tokens"
+    config = getattr(_unwrap(backbone), "config", None)
+    model_type = getattr(config, "model_type", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return "not a transformers decoder"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return f"{model_type!r} is not a causal decoder (bidirectional attention cannot be packed exactly)"
+    if not supports_segment_attention(config):
+        return "the model has sliding-window, linear or soft-capped attention layers"
+    return None
+
+
+def packed_hidden(backbone: nn.Module, batch: Batch, *, share_prefix: bool = False,
+                  attention: AttentionKind = "auto") -> tuple[Tensor, _Plan]:
+    """Hidden states of a headless causal ``backbone`` for the scored tokens of ``batch``, padding-free.
+
+    Returns ``(hidden, plan)``: ``hidden`` (S, H) holds, for scored token s (``plan.col_index[s]`` of
+    sequence ``plan.seq_index[s]``), the last hidden state of the token before it, the state a causal LM
+    predicts it from. Reward models use it to pool (see ``prefkit.models.reward``). Call
+    :func:`backbone_fast_path_unsupported` first.
+    """
+    kind = _attention_kind(backbone, share_prefix, batch.input_ids.device) if attention == "auto" else attention
+    if kind == "varlen" and share_prefix:
+        kind = "segments"
+    inner = _unwrap(backbone)
+    if kind in ("segments", "varlen", "flex"):
+        plan = _cached_plan(batch, share_prefix)
+    else:
+        pad_id = getattr(inner.config, "pad_token_id", None) or 0
+        plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=None, pad_id=pad_id)
+    dtype = next(backbone.parameters()).dtype
+    hidden = _run_decoder(inner, inner.config, plan, kind, dtype)  # (R, L, H); LoRA layers stay injected
+    return hidden.reshape(-1, hidden.shape[-1])[plan.pred_index], plan
 
 
 def _scored_logps(hidden: Tensor, head: nn.Module, plan: _Plan, chunk_size: int) -> Tensor:
@@ -589,4 +639,4 @@ def packing_stats(batch: Batch, *, share_prefix: bool = False) -> dict[str, int]
 
 
 __all__ = ["PackedLogps", "pack_batch", "packed_sequence_logps", "prefix_shared_sequence_logps",
-           "fast_path_unsupported", "packing_stats"]
+           "fast_path_unsupported", "packing_stats", "packed_hidden", "backbone_fast_path_unsupported"]

@@ -64,6 +64,13 @@ def last_index(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)  # (N,)
 
 
+def _right_padded(attention_mask: Tensor) -> bool:
+    """Every row's real tokens come first (what the fast path's appended token assumes)."""
+    lens = attention_mask.sum(1, keepdim=True)  # (N, 1)
+    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None]  # (1, T)
+    return bool(((cols < lens) == attention_mask.bool()).all())
+
+
 def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
     """One feature vector per sequence: hidden (N, T, H), attention_mask (N, T) -> (N, H).
 
@@ -528,7 +535,16 @@ def _local_dir(path: str | Path, what: str) -> Path:
 
 
 class RewardModel(nn.Module):
-    """backbone → pooling → head. ``forward(input_ids, attention_mask) -> RewardOutput``."""
+    """backbone → pooling → head. ``forward(input_ids, attention_mask) -> RewardOutput``.
+
+    On a causal decoder backbone the forward runs padding-free by default (the log-prob engine's fast
+    path, :mod:`prefkit.models.packing`): the sequences are packed end to end with attention kept inside
+    each, and with ``"last"`` pooling the G sequences of an example (``group_size``, rows ``g * B + b``)
+    encode their common prefix, the prompt, once. Exact: the pooled features equal the padded
+    computation up to float rounding. Bidirectional encoders (BERT, MiniLM) always run padded: their
+    tokens see the whole sequence, so neither packing with causal segments nor sharing a prompt would
+    be exact. ``packing=False`` (per call, or the ``packing`` attribute) turns it off.
+    """
 
     def __init__(self, backbone: nn.Module, head: RewardHead, config: RewardModelConfig,
                  tokenizer: Any = None):
@@ -538,6 +554,10 @@ class RewardModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None))
+        self.packing = True
+        """Default of ``forward(packing=...)``: the padding-free fast path where the backbone allows it."""
+        self.share_prefix = True
+        """Default of ``forward(share_prefix=...)``: with ``"last"`` pooling, a group's common prefix once."""
 
     # construction ------------------------------------------------------------------------------------
 
@@ -627,14 +647,79 @@ class RewardModel(nn.Module):
 
     # forward -----------------------------------------------------------------------------------------
 
-    def features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled backbone features (N, H)."""
+    def features(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
+                 packing: bool | None = None, share_prefix: bool | None = None) -> Tensor:
+        """Pooled backbone features (N, H) of N = G * B right- or left-padded rows.
+
+        ``group_size`` G: rows ``g * B + b`` are the G sequences of example b (they may share a prompt).
+        ``packing`` / ``share_prefix``: the fast path (default: the model's attributes); it runs only on
+        causal decoder backbones and right-padded rows, else the padded computation runs.
+        """
+        packing = self.packing if packing is None else packing
+        if packing and self.fast_path_unsupported() is None and _right_padded(attention_mask):
+            share = self.share_prefix if share_prefix is None else share_prefix
+            features = self._packed_features(input_ids, attention_mask, group_size, share)
+            if features is not None:
+                return features
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (N, T, H)
         return pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> RewardOutput:
-        return self.head(self.features(input_ids, attention_mask))
+    def fast_path_unsupported(self) -> str | None:
+        """Why the backbone runs padded (None: the fast path can run it)."""
+        from prefkit.models.packing import backbone_fast_path_unsupported
+
+        return backbone_fast_path_unsupported(self.backbone)
+
+    def _packed_features(self, input_ids: Tensor, attention_mask: Tensor, group_size: int,
+                         share_prefix: bool) -> Tensor | None:
+        """:meth:`features` padding-free (None: a short batch the fast path would barely shrink).
+
+        One pad token is appended after each sequence and "scored", so the packed engine returns the
+        hidden state of every token it needs (the state before each scored token): for ``"last"`` only
+        the appended one is scored (the sequence's last real token's state, and the common prefix of a
+        group can be shared); for ``"mean"`` every token from position 1 on; for ``"cls"`` position 1.
+        """
+        from prefkit.data.batch import Batch
+        from prefkit.models.packing import _padded_is_cheaper, packed_hidden
+
+        n = input_ids.shape[0]
+        if n % group_size:
+            raise ValueError(f"{n} rows are not a multiple of group_size {group_size}")
+        rows = torch.arange(n, device=input_ids.device)
+        lens = attention_mask.sum(1).long()  # (N,)
+        ids = torch.nn.functional.pad(input_ids, (0, 1), value=self.tokens_pad_id())
+        mask = torch.nn.functional.pad(attention_mask, (0, 1))
+        mask[rows, lens] = 1  # (N, T + 1): the appended token is part of its sequence
+        scored = torch.zeros_like(mask)
+        if self.pooling == "last":
+            scored[rows, lens] = 1
+        elif self.pooling == "mean":
+            scored = mask.clone()
+        else:  # cls
+            scored[:, 1] = 1
+        share = share_prefix and self.pooling == "last" and group_size > 1
+        batch = Batch(kind="list" if group_size > 1 else "unpaired", group_size=group_size, input_ids=ids,
+                      attention_mask=mask, completion_mask=scored)
+        if _padded_is_cheaper(batch, share):
+            return None
+        hidden, plan = packed_hidden(self.backbone, batch, share_prefix=share)  # (S, H)
+        out = hidden.new_zeros(n, hidden.shape[-1])
+        if self.pooling == "mean":
+            counts = torch.bincount(plan.seq_index, minlength=n).clamp_min(1).to(hidden.dtype)  # (N,)
+            return out.index_add(0, plan.seq_index, hidden) / counts[:, None]
+        return out.index_copy(0, plan.seq_index, hidden)  # one scored token per sequence
+
+    def tokens_pad_id(self) -> int:
+        """The pad id appended by the fast path (any id works: nothing attends to it)."""
+        config = getattr(self.backbone, "config", None)
+        pad = getattr(config, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
+                packing: bool | None = None, share_prefix: bool | None = None) -> RewardOutput:
+        return self.head(self.features(input_ids, attention_mask, group_size=group_size, packing=packing,
+                                       share_prefix=share_prefix))
 
     # inference ---------------------------------------------------------------------------------------
 
@@ -786,6 +871,10 @@ class RewardObjective:
     attributes: tuple[str, ...] = ()
     needs_reference: bool = False
     token_logps: bool = False
+    packing: bool = True
+    """The model's padding-free fast path (``model.packing``; causal decoder backbones only)."""
+    share_prefix: bool = True
+    """With ``packing`` and ``"last"`` pooling, each example's prompt once (``model.share_prefix``)."""
 
     def prepare(self, examples: list[Any], seed: int) -> list[Any]:
         from prefkit.data.encode import EncodedExample, EncodedSequence
@@ -808,7 +897,8 @@ class RewardObjective:
         from prefkit.train.trainer import StepOutput
 
         head = model.head
-        out = model(batch.input_ids, batch.attention_mask)
+        out = model(batch.input_ids, batch.attention_mask, group_size=batch.group_size, packing=self.packing,
+                    share_prefix=self.share_prefix)
         b, g = batch.num_examples, batch.group_size
         kind = self.spec.kind
         params = dict(self.params)
@@ -965,7 +1055,8 @@ def train_reward_model(config: RewardRunConfig, *, resume: bool = False,
     if not train_records:
         raise DataError(f"no {keep.__name__} records in the training data for loss {config.loss.name!r}")
     objective = RewardObjective(config.loss.name, spec, dict(config.loss.params), tokens,
-                                tuple(config.reward.attributes))
+                                tuple(config.reward.attributes), packing=config.model.packing,
+                                share_prefix=config.model.share_prefix)
     trainer = Trainer(run_cfg, model, tokens.tokenizer, train_records, eval_records, objective=objective)
     summary = trainer.train(resume=resume)
     return model, summary
