@@ -121,3 +121,34 @@ def test_reward_objective_trains_with_packing(tmp_path, monkeypatch):
     assert len(losses["true"]) == 3 and losses["true"][-1] < losses["true"][0]
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
     assert calls and all(k == {"share_prefix": True} for k in calls)  # the packed run shared its prompts
+
+
+@pytest.mark.parametrize("variant", ["lora", "checkpointing"])
+def test_lora_and_checkpointing_match_padded(variant, monkeypatch):
+    """LoRA adapters (peft) and activation checkpointing (dense-mask rows) on the fast path."""
+    monkeypatch.setattr(packing, "SHORT_SEQUENCE_TOKENS", 0)
+    backbone = tiny_llama(VOCAB, hidden=32, layers=2, heads=4, seed=0).model
+    backbone.set_attn_implementation("sdpa")
+    config = RewardModelConfig(pooling="last", lora_r=4 if variant == "lora" else None)
+    torch.manual_seed(0)
+    model = RewardModel.from_backbone(backbone, config)
+    if variant == "checkpointing":
+        model.gradient_checkpointing_enable()
+    model.train()
+    ids, mask = _rows(*PAIRS)
+    ref = model.features(ids, mask, group_size=2, packing=False)
+    ref.square().sum().backward()
+    trained = {n: p for n, p in model.named_parameters() if p.grad is not None}
+    ref_grads = {n: p.grad.clone() for n, p in trained.items()}
+    model.zero_grad()
+    kinds = []
+    original = packing._run_decoder
+    monkeypatch.setattr(packing, "_run_decoder", lambda *a: kinds.append(a[3]) or original(*a))
+    got = model.features(ids, mask, group_size=2)
+    assert kinds == ["dense" if variant == "checkpointing" else "segments"]
+    torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=1e-5)
+    got.square().sum().backward()
+    assert ref_grads and (variant != "lora" or all("lora" in n or "head" in n for n in ref_grads))
+    for name, grad in ref_grads.items():
+        diff = (trained[name].grad - grad).abs().max()
+        assert diff <= 1e-4 * grad.abs().max() + 1e-7, (name, float(diff))
