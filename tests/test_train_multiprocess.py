@@ -55,7 +55,8 @@ def test_two_processes_match_one(tmp_path) -> None:
            "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=2",
            f"output.dir={tmp_path / 'two'}"]
     for cmd in (one, two):
-        subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
+        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(a) == len(b) == 2  # one writer in the two-process run
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-6 and a[0]["loss"] > 0
@@ -113,7 +114,8 @@ def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) 
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
            str(script), str(tmp_path / "two"), kind, "2", "2"]
     for cmd in (one, two):
-        subprocess.run(cmd, env=env, check=True, timeout=300, capture_output=True)
+        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["wrapper"] == "PolicyStep" and b["wrapper"] == "DistributedDataParallel"
     assert abs(a["loss"] - b["loss"]) < 1e-6 and a["loss"] > 0
