@@ -47,8 +47,9 @@ class ModelConfig:
     chunk_size: int = 1024
     """Scored tokens per output-layer chunk in the log-prob engine (memory ~ chunk_size x vocab x 8 B)."""
     packing: bool = True
-    """Padding-free log-prob fast path (sequences packed end to end; same results); falls back to padded
-    rows for models it cannot run."""
+    """Padding-free fast path (sequences packed end to end; same results) for the policy's log-probs and
+    for reward models on causal decoder backbones; falls back to padded rows for models it cannot run
+    (bidirectional encoders, sliding-window attention)."""
     share_prefix: bool = True
     """With ``model.packing``, encode each example's prompt once for all its completions (exact)."""
 
