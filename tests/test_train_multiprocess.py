@@ -47,7 +47,7 @@ def test_two_processes_match_one(tmp_path) -> None:
     job.write_text(f"model: {{path: {tmp_path / 'model'}}}\ndata: {{train: {tmp_path / 'pairs.jsonl'}}}\n"
                    "loss: {name: simpo}\ntrain: {max_steps: 2, lr: 1.0e-2, progress: false}\n"
                    "output: {tensorboard: false, plots: false, save_model: false}\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crashing rank prints its stack
     one = [sys.executable, "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=4",
            f"output.dir={tmp_path / 'one'}"]
     two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
@@ -108,7 +108,7 @@ def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) 
     model: loss, gradient norm and updated weights; BCO: the running reward mean over all processes)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crashing rank prints its stack
     one = [sys.executable, str(script), str(tmp_path / "one"), kind, "8", "1"]
     two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),

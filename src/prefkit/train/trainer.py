@@ -18,6 +18,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import random
@@ -273,7 +274,22 @@ def _accelerator(mixed_precision: str, cpu: bool) -> Any:
     state = AcceleratorState._shared_state
     if state and int(os.environ.get("WORLD_SIZE", "1")) == 1 and state.get("mixed_precision") != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.num_processes > 1:
+        atexit.unregister(_destroy_process_group)  # registered once per process, however many Trainers
+        atexit.register(_destroy_process_group)
+    return accelerator
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down before the interpreter exits. Left to process teardown, gloo's
+    worker threads can be destroyed while joinable, and a rank aborts ("terminate called without an
+    active exception", exit -6) after the run has finished; seen on CPU under load. Not done at the end
+    of ``train()``: a script may run several Trainers in one launch (the demo runs two)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # -- data order --------------------------------------------------------------------------------------------
