@@ -299,8 +299,8 @@ def test_auto_runs_short_unshrinkable_batches_padded():
 
     model = _model("sdpa")
     calls = []
-    original = packing._hidden_and_head
-    packing._hidden_and_head = lambda *a: calls.append(a[2]) or original(*a)
+    original = packing._run_decoder
+    packing._run_decoder = lambda *a: calls.append(a[3]) or original(*a)
     try:
         short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
         assert packing._padded_is_cheaper(short, share_prefix=True)
@@ -311,7 +311,7 @@ def test_auto_runs_short_unshrinkable_batches_padded():
         packed_sequence_logps(model, uneven, share_prefix=True)
         assert calls == ["segments"]
     finally:
-        packing._hidden_and_head = original
+        packing._run_decoder = original
 
 
 @pytest.mark.parametrize("grid", [0, 64], ids=["per-shape-groups", "grid"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prefkit.models import packing
-from prefkit.models.reward import RewardModel, RewardModelConfig
+from prefkit.models.reward import RewardModel, RewardModelConfig, pooling_batch
 from prefkit.testing import tiny_llama
 
 VOCAB = 97
@@ -66,19 +66,9 @@ def test_shared_prompt_is_encoded_once():
     """``"last"`` pooling over pairs shares each prompt: fewer tokens run than sequences hold."""
     model = _model("last")
     ids, mask = _rows([20, 20], [[5, 6], [7, 3]])
-    from prefkit.data.batch import Batch
-
-    n = ids.shape[0]
-    rows = torch.arange(n)
-    lens = mask.sum(1)
-    ids1 = torch.nn.functional.pad(ids, (0, 1))
-    mask1 = torch.nn.functional.pad(mask, (0, 1))
-    mask1[rows, lens] = 1
-    scored = torch.zeros_like(mask1)
-    scored[rows, lens] = 1
-    batch = Batch(kind="list", group_size=2, input_ids=ids1, attention_mask=mask1, completion_mask=scored)
+    batch = pooling_batch(ids, mask, 2, "last")
     _, plan = packing.packed_hidden(model.backbone, batch, share_prefix=True)
-    assert plan.num_real_tokens == int(mask1.sum()) - 2 * 20  # each 20-token prompt once, not twice
+    assert plan.num_real_tokens == int(batch.attention_mask.sum()) - 2 * 20  # each 20-token prompt once, not twice
 
 
 def test_encoders_and_left_padding_run_padded(monkeypatch):

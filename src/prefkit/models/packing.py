@@ -485,11 +485,6 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
     return "dense"
 
 
-def _hidden_and_head(model: nn.Module, plan: _Plan, kind: AttentionKind, dtype: torch.dtype):
-    inner = _unwrap(model)
-    return _run_decoder(inner.get_decoder(), inner.config, plan, kind, dtype), inner.get_output_embeddings()
-
-
 def _run_decoder(decoder: nn.Module, config, plan: _Plan, kind: AttentionKind, dtype: torch.dtype) -> Tensor:
     """(R, L, H) last hidden states of the plan's rows, attention kept inside each packed unit."""
     kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
@@ -536,33 +531,29 @@ def backbone_fast_path_unsupported(backbone: nn.Module) -> str | None:
     return None
 
 
-def packed_hidden(backbone: nn.Module, batch: Batch, *, share_prefix: bool = False,
-                  attention: AttentionKind = "auto") -> tuple[Tensor, _Plan]:
-    """Hidden states of a headless causal ``backbone`` for the scored tokens of ``batch``, padding-free.
+def packed_hidden(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
+                  attention: AttentionKind = "auto", max_row_tokens: int | None = None) -> tuple[Tensor, _Plan]:
+    """Hidden states of a causal ``model`` for the scored tokens of ``batch``, padding-free.
 
-    Returns ``(hidden, plan)``: ``hidden`` (S, H) holds, for scored token s (``plan.col_index[s]`` of
-    sequence ``plan.seq_index[s]``), the last hidden state of the token before it, the state a causal LM
-    predicts it from. Reward models use it to pool (see ``prefkit.models.reward``). Call
-    :func:`backbone_fast_path_unsupported` first.
+    ``model``: a ``*ForCausalLM`` (its decoder runs) or a headless causal backbone (a reward model's),
+    optionally PEFT-wrapped. Returns ``(hidden, plan)``: ``hidden`` (S, H) holds, for scored token s
+    (``plan.col_index[s]`` of sequence ``plan.seq_index[s]``), the last hidden state of the token before
+    it, the state a causal LM predicts it from. :func:`packed_sequence_logps` puts the output layer on
+    it; reward models pool it. No support check here: see :func:`fast_path_unsupported` /
+    :func:`backbone_fast_path_unsupported`.
     """
-    kind = _attention_kind(backbone, share_prefix, batch.input_ids.device) if attention == "auto" else attention
+    kind = _attention_kind(model, share_prefix, batch.input_ids.device) if attention == "auto" else attention
     if kind == "varlen" and share_prefix:
-        kind = "segments"
-    inner = _unwrap(backbone)
+        raise ValueError("varlen attention cannot share prefixes; use segments, flex or dense")
+    inner = _unwrap(model)
     if kind in ("segments", "varlen", "flex"):
         plan = _cached_plan(batch, share_prefix)
     else:
         pad_id = getattr(inner.config, "pad_token_id", None) or 0
-        plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=None, pad_id=pad_id)
-    dtype = next(backbone.parameters()).dtype
-    hidden = _run_decoder(inner, inner.config, plan, kind, dtype)  # (R, L, H); LoRA layers stay injected
+        plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
+    # a causal LM's decoder, or the headless backbone itself (its get_decoder() is itself); LoRA stays injected
+    hidden = _run_decoder(inner.get_decoder(), inner.config, plan, kind, next(model.parameters()).dtype)  # (R, L, H)
     return hidden.reshape(-1, hidden.shape[-1])[plan.pred_index], plan
-
-
-def _scored_logps(hidden: Tensor, head: nn.Module, plan: _Plan, chunk_size: int) -> Tensor:
-    """(S,) log-probs of the scored tokens from the hidden states that predict them."""
-    h = hidden.reshape(-1, hidden.shape[-1])[plan.pred_index]  # (S, H)
-    return head_logps(head, h, plan.target_ids, chunk_size=chunk_size)
 
 
 def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
@@ -596,19 +587,10 @@ def packed_sequence_logps(model: nn.Module, batch: Batch, *, share_prefix: bool 
     reason = fast_path_unsupported(model)
     if reason is not None:
         raise ValueError(f"packed log-probs cannot run this model: {reason}")
-    device = batch.input_ids.device
-    kind = _attention_kind(model, share_prefix, device) if attention == "auto" else attention
-    if kind == "varlen" and share_prefix:
-        raise ValueError("varlen attention cannot share prefixes; use segments, flex or dense")
-    config = _unwrap(model).config
-    pad_id = getattr(config, "pad_token_id", None) or 0
-    if kind in ("segments", "varlen", "flex"):
-        plan = _cached_plan(batch, share_prefix)
-    else:
-        plan = _plan(batch, share_prefix=share_prefix, one_row=False, max_row_tokens=max_row_tokens, pad_id=pad_id)
-    dtype = next(model.parameters()).dtype
-    hidden, head = _hidden_and_head(model, plan, kind, dtype)
-    logps = _scored_logps(hidden, head, plan, chunk_size)  # (S,)
+    hidden, plan = packed_hidden(model, batch, share_prefix=share_prefix, attention=attention,
+                                 max_row_tokens=max_row_tokens)  # (S, H)
+    head = _unwrap(model).get_output_embeddings()
+    logps = head_logps(head, hidden, plan.target_ids, chunk_size=chunk_size)  # (S,)
     n = plan.num_sequences
     seq_logps = torch.zeros(n, dtype=torch.float32, device=logps.device).index_add(0, plan.seq_index, logps)
     tokens = torch.bincount(plan.seq_index, minlength=n).to(torch.float32)  # (N,)

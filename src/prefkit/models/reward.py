@@ -71,6 +71,34 @@ def _right_padded(attention_mask: Tensor) -> bool:
     return bool(((cols < lens) == attention_mask.bool()).all())
 
 
+def pooling_batch(input_ids: Tensor, attention_mask: Tensor, group_size: int, mode: Pooling) -> Batch:
+    """Right-padded rows (N, T) as a :class:`Batch` whose scored tokens make the packed engine
+    (:func:`prefkit.models.packing.packed_hidden`) return the hidden states ``mode`` pools.
+
+    The engine returns the state *before* each scored token, so one token (id 0; nothing attends to it)
+    is appended after each sequence: ``"last"`` scores only that one (the last real token's state; the
+    group's common prefix can then be shared), ``"mean"`` every token from position 1 on (all real
+    states), ``"cls"`` position 1 (the state of position 0). (N, T + 1) ids and masks.
+    """
+    n = input_ids.shape[0]
+    if n % group_size:
+        raise ValueError(f"{n} rows are not a multiple of group_size {group_size}")
+    rows = torch.arange(n, device=input_ids.device)
+    lens = attention_mask.sum(1).long()  # (N,)
+    ids = torch.nn.functional.pad(input_ids, (0, 1))
+    mask = torch.nn.functional.pad(attention_mask, (0, 1))
+    mask[rows, lens] = 1  # (N, T + 1): the appended token is part of its sequence
+    scored = torch.zeros_like(mask)
+    if mode == "last":
+        scored[rows, lens] = 1
+    elif mode == "mean":
+        scored = mask.clone()
+    else:  # cls
+        scored[:, 1] = 1
+    return Batch(kind="list" if group_size > 1 else "unpaired", group_size=group_size, input_ids=ids,
+                 attention_mask=mask, completion_mask=scored)
+
+
 def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
     """One feature vector per sequence: hidden (N, T, H), attention_mask (N, T) -> (N, H).
 
@@ -673,34 +701,12 @@ class RewardModel(nn.Module):
 
     def _packed_features(self, input_ids: Tensor, attention_mask: Tensor, group_size: int,
                          share_prefix: bool) -> Tensor | None:
-        """:meth:`features` padding-free (None: a short batch the fast path would barely shrink).
-
-        One pad token is appended after each sequence and "scored", so the packed engine returns the
-        hidden state of every token it needs (the state before each scored token): for ``"last"`` only
-        the appended one is scored (the sequence's last real token's state, and the common prefix of a
-        group can be shared); for ``"mean"`` every token from position 1 on; for ``"cls"`` position 1.
-        """
-        from prefkit.data.batch import Batch
+        """:meth:`features` padding-free (None: a short batch the fast path would barely shrink)."""
         from prefkit.models.packing import _padded_is_cheaper, packed_hidden
 
         n = input_ids.shape[0]
-        if n % group_size:
-            raise ValueError(f"{n} rows are not a multiple of group_size {group_size}")
-        rows = torch.arange(n, device=input_ids.device)
-        lens = attention_mask.sum(1).long()  # (N,)
-        ids = torch.nn.functional.pad(input_ids, (0, 1), value=self.tokens_pad_id())
-        mask = torch.nn.functional.pad(attention_mask, (0, 1))
-        mask[rows, lens] = 1  # (N, T + 1): the appended token is part of its sequence
-        scored = torch.zeros_like(mask)
-        if self.pooling == "last":
-            scored[rows, lens] = 1
-        elif self.pooling == "mean":
-            scored = mask.clone()
-        else:  # cls
-            scored[:, 1] = 1
+        batch = pooling_batch(input_ids, attention_mask, group_size, self.pooling)
         share = share_prefix and self.pooling == "last" and group_size > 1
-        batch = Batch(kind="list" if group_size > 1 else "unpaired", group_size=group_size, input_ids=ids,
-                      attention_mask=mask, completion_mask=scored)
         if _padded_is_cheaper(batch, share):
             return None
         hidden, plan = packed_hidden(self.backbone, batch, share_prefix=share)  # (S, H)
@@ -709,12 +715,6 @@ class RewardModel(nn.Module):
             counts = torch.bincount(plan.seq_index, minlength=n).clamp_min(1).to(hidden.dtype)  # (N,)
             return out.index_add(0, plan.seq_index, hidden) / counts[:, None]
         return out.index_copy(0, plan.seq_index, hidden)  # one scored token per sequence
-
-    def tokens_pad_id(self) -> int:
-        """The pad id appended by the fast path (any id works: nothing attends to it)."""
-        config = getattr(self.backbone, "config", None)
-        pad = getattr(config, "pad_token_id", None)
-        return int(pad) if pad is not None else 0
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
                 packing: bool | None = None, share_prefix: bool | None = None) -> RewardOutput:

@@ -282,10 +282,10 @@ def _accelerator(mixed_precision: str, cpu: bool) -> Any:
 
 
 def _destroy_process_group() -> None:
-    """Tear the process group down before the interpreter exits. Left to process teardown, gloo's
-    worker threads can be destroyed while joinable, and a rank aborts ("terminate called without an
-    active exception", exit -6) after the run has finished; seen on CPU under load. Not done at the end
-    of ``train()``: a script may run several Trainers in one launch (the demo runs two)."""
+    """Tear the process group down before the interpreter exits, as PyTorch advises for launched runs
+    (otherwise the c10d objects die in interpreter teardown, in no set order). Not done at the end of
+    ``train()``: a script may run several Trainers in one launch (the demo runs two). An occasional rank
+    abort of the 2-process test under CPU load is not explained by this and not shown fixed by it."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
