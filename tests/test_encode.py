@@ -233,7 +233,7 @@ def test_rankings_of_four() -> None:
     rankings = tiny_rankings(3, k=4)
     enc = Encoder(tok)
     batch = enc.collate(enc.encode_all(rankings)[0])
-    assert batch.kind == "list" and batch.group_size == 4 and batch.input_ids.shape[0] == 12
+    assert batch.kind == "ranking" and batch.group_size == 4 and batch.input_ids.shape[0] == 12
     rows = _rows(batch, tok)
     for b, r in enumerate(rankings):
         for k in range(4):  # rows [kB:(k+1)B) are the k-th preferred responses

@@ -107,3 +107,25 @@ def test_ddp_wrapper_refused_with_gradients(setup, tmp_path) -> None:
             torch.testing.assert_close(sequence_logps(wrapped, batch).logps, sequence_logps(model, batch).logps)
     finally:
         dist.destroy_process_group()
+
+
+def test_engine_modules_import_downward_only() -> None:
+    """The engine's layering, with no import cycle (function-local imports included): logprobs ->
+    packing -> attention, and both -> chunked, decoder; packing never imports logprobs."""
+    import ast
+    import importlib.util
+
+    allowed = {"logprobs": {"packing", "chunked", "decoder"}, "packing": {"attention", "chunked", "decoder"},
+               "attention": set(), "chunked": set(), "decoder": set()}
+    for name, deps in allowed.items():
+        with open(importlib.util.find_spec(f"prefkit.models.{name}").origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "prefkit.models":
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("prefkit.models."):
+                imported.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[2] for a in node.names if a.name.startswith("prefkit.models.")}
+        assert imported <= deps, (name, imported - deps)

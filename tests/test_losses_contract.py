@@ -4,7 +4,7 @@ Inputs are built from ``spec.kind`` and ``spec.needs`` alone, so a new registry 
 extra work: per-example losses (B,) with no reduction, finite values and gradients (also for log-ratios
 of ±1e4 and one-token completions), detached rewards, the input dtype kept (fp32, bf16, fp64),
 reference-free losses ignore the reference, swapping chosen and rejected flips the reward margin, and
-``torch.autograd.gradcheck`` passes in fp64.
+``torch.autograd.gradcheck`` passes in fp64; loss bodies leave parameter ranges to the registry.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from prefkit.errors import ConfigError
 from prefkit.losses import LOSSES, validate_loss_params
 from prefkit.losses.reward import ListScores, PairScores, RatingScores
-from prefkit.losses.types import ListLogps, LossOutput, LossSpec, PairLogps, UnpairedLogps
+from prefkit.losses.types import ListLogps, LossOutput, LossSpec, PairLogps, Param, UnpairedLogps
 
 NAMES = sorted(LOSSES)
 B, K, T, A = 4, 3, 5, 3
@@ -277,6 +278,42 @@ def _with_leaves(spec: LossSpec, case: Case, xs: list[Tensor]) -> Case:
     if spec.kind == "reward_list":
         return Case(ListScores(xs[0]), None, case.inputs)
     return Case(RatingScores(xs[0]), None, case.inputs)
+
+
+def _out_of_range(param: Param) -> list[Any]:
+    """Values ``validate_loss_params`` rejects for ``param``: each open bound itself, or just past a bound."""
+    if param.choices is not None:
+        return ["not-a-choice"]
+    values = []
+    if param.low is not None:
+        values.append(param.low if param.low_open else param.low - 0.5)
+    if param.high is not None:
+        values.append(param.high if param.high_open else param.high + 0.5)
+    return values
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bodies_do_not_check_parameter_ranges(name: str) -> None:
+    """Ranges live only in the registry's Param (checked by validate_loss_params at config-parse time):
+    an out-of-range value reaches the loss body, which computes whatever its formula gives (possibly
+    inf/NaN, or an arithmetic error) but raises no ConfigError of its own."""
+    spec = LOSSES[name]
+    tried = 0
+    for key, param in spec.params.items():
+        for value in _out_of_range(param):
+            with pytest.raises(ConfigError):
+                validate_loss_params(name, {key: value})
+            case = make_case(spec, torch.float64)
+            params = {**validate_loss_params(name, {}), key: value}
+            try:
+                spec.fn(case.policy, case.reference, **case.inputs, **params)
+            except ConfigError as err:
+                pytest.fail(f"{name}: the body re-checks {key}={value!r}: {err}")
+            except (ArithmeticError, ValueError, LookupError):
+                pass  # the math itself may break outside the range (e.g. 1/(2β) at β = 0)
+            tried += 1
+    if not tried:
+        pytest.skip("no bounded parameters")
 
 
 def test_registry_is_not_empty_and_covers_every_kind() -> None:

@@ -1,4 +1,8 @@
-"""Pairwise losses: hand-worked golden values, identities between losses, gradchecks, transforms.
+"""Pairwise losses: hand-worked golden values, identities between losses, transforms.
+
+The registry-wide contract (shapes, dtypes, finite values and gradients at ±1e4, detached rewards,
+swapping, reference-free losses ignoring the reference, fp64 gradcheck) is in test_losses_contract.py;
+parameter ranges are the registry's (test_losses_registry.py).
 
 Shared golden inputs (B = 3), used unless a test says otherwise:
 
@@ -17,7 +21,6 @@ Expected values are recomputed with ``math`` from the same hand formulas.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -25,6 +28,7 @@ import torch
 
 from prefkit.errors import ConfigError, DataError
 from prefkit.losses import LOSSES, pairwise
+from prefkit.losses.registry import reference_free_pair_losses
 from prefkit.losses.transforms import ld_dpo, wpo_weights
 from prefkit.losses.types import PairLogps
 
@@ -298,6 +302,64 @@ def test_orpo_golden():
     close(out.losses, [1.693147, 1.693147, 1.238183], tol=1e-6)
 
 
+def test_orpo_memorised_responses_golden():
+    """A one-token chosen with log-prob m_w = −1e-7 and a one-token rejected with m_l = −1e-8 (both
+    memorised, the rejected more), λ = 0.1 (the default). By hand, in float64:
+
+        log(1 − e^m) = log(−expm1(m)) = log|m| + m/2 + O(m²)
+        log odds(y_w) = −1e-7 − log(1e-7) + 5e-8 = 16.118095601
+        log odds(y_l) = −1e-8 − log(1e-8) + 5e-9 = 18.420680739
+        ratio = −2.302585138 (≈ −ln 10: the rejected is ten times closer to P = 1)
+        loss = 1e-7 + 0.1·log(1 + e^2.302585138) = 1e-7 + 0.1·log(11.0000005) = 0.2397897
+
+    The former clamp of m at −1e-6 moved both to −1e-6: ratio 0, loss 1e-7 + 0.1·ln 2 = 0.0693148.
+    """
+    policy = pair([-1e-7], [-1e-8], ct=(1,), rt=(1,))
+    out = pairwise.orpo(policy, None)
+    lo_w = -1e-7 - math.log(-math.expm1(-1e-7))
+    lo_l = -1e-8 - math.log(-math.expm1(-1e-8))
+    assert lo_w == pytest.approx(16.118095601, abs=1e-9) and lo_l == pytest.approx(18.420680739, abs=1e-9)
+    close(out.metrics["log_odds_ratio"], [lo_w - lo_l])
+    close(out.losses, [1e-7 + 0.1 * ell(lo_w - lo_l)])
+    close(out.losses, [0.2397897], tol=1e-7)
+    fp32 = pairwise.orpo(pair([-1e-7], [-1e-8], ct=(1,), rt=(1,), dtype=torch.float32), None)
+    assert fp32.losses.item() == pytest.approx(0.2397897, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_orpo_memorised_rejected_gets_a_gradient(dtype):
+    """Same case: d loss / d log π(y_l) = λ·σ(−ratio)·d log odds/dm = 0.1·σ(2.302585)/(1 − e^m_l)
+    = 0.1·(10/11)/1e-8 ≈ 9.09e6 (nonzero: the loss pushes the memorised rejected response down; the
+    former clamp gave 0 here). The chosen gets −1 (NLL) − 0.1·(10/11)/(1 − e^m_w) ≈ −9.09e5 − 1.
+    """
+    chosen = torch.tensor([-1e-7], dtype=dtype, requires_grad=True)
+    rejected = torch.tensor([-1e-8], dtype=dtype, requires_grad=True)
+    out = pairwise.orpo(PairLogps(chosen, rejected, torch.tensor([1]), torch.tensor([1])), None)
+    out.losses.sum().backward()
+    weight = 0.1 * sig(-(out.metrics["log_odds_ratio"].item()))
+    assert rejected.grad.item() > 0
+    assert rejected.grad.item() == pytest.approx(weight / -math.expm1(-1e-8), rel=1e-4)
+    assert chosen.grad.item() == pytest.approx(-1 - weight / -math.expm1(-1e-7), rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_orpo_probability_one_stays_finite(dtype):
+    """Only mean log-probs >= 0 (P = 1, or malformed positive log-probs) are clamped, to −tiny (the
+    smallest normal of the dtype): log odds = −tiny − log(tiny), finite, and no gradient flows through
+    the clamped log odds (the NLL term still gives −1/|y_w| to the chosen)."""
+    chosen = torch.tensor([0.0, 5.0, -2.0], dtype=dtype, requires_grad=True)
+    rejected = torch.tensor([0.0, -1e4, 3.0], dtype=dtype, requires_grad=True)
+    out = pairwise.orpo(PairLogps(chosen, rejected, torch.tensor([1, 1, 2]), torch.tensor([1, 1, 1])), None)
+    tiny = torch.finfo(dtype).tiny
+    clamped = (-tiny - math.log(tiny)) * 0.1  # λ·log odds at the clamp
+    assert torch.isfinite(out.losses).all()
+    assert out.chosen_rewards[0].item() == pytest.approx(clamped, rel=1e-2)
+    assert out.rejected_rewards[2].item() == pytest.approx(clamped, rel=1e-2)
+    out.losses.sum().backward()
+    assert torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
+    assert chosen.grad[:2].tolist() == [-1.0, -1.0] and rejected.grad[[0, 2]].tolist() == [0.0, 0.0]
+
+
 def test_slic_golden():
     """δ = 1, λ = 0.5: max(0, 1 − [1, −1, 0]) + 0.5·[1, 1, 1] = [0, 2, 1] + 0.5 = [0.5, 2.5, 1.5]."""
     out = pairwise.slic(POLICY, None, delta=1.0, lam=0.5)
@@ -348,25 +410,9 @@ def test_robust_dpo_is_unbiased_under_flips():
 
 # --- gradients -------------------------------------------------------------------------------------
 
-# Away from every kink (hinges at 1, DPOP's max at lr_w = 0, AOT's sort ties).
+# Away from every kink, for the f-DPO divergences the contract test (default divergence) does not reach.
 _GC_POLICY = ([-1.3, -2.1, -0.7], [-1.9, -0.4, -2.6], (2, 3, 1), (1, 2, 3))
 _GC_REFERENCE = ([-1.0, -2.5, -1.2], [-1.5, -1.0, -2.0])
-
-
-@pytest.mark.parametrize("name", PAIRWISE)
-def test_gradcheck(name):
-    spec = LOSSES[name]
-    kw = {"strength": torch.tensor([0.3, 0.9, 0.6], dtype=torch.float64)} if "strength" in spec.needs else {}
-    chosen_ref, rejected_ref = (torch.tensor(x, dtype=torch.float64, requires_grad=True)
-                                for x in _GC_REFERENCE)
-    chosen, rejected = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in _GC_POLICY[:2])
-    tokens = [torch.tensor(t) for t in _GC_POLICY[2:]]
-
-    def f(c, r, cr, rr):
-        ref = PairLogps(cr, rr, *tokens)
-        return spec.fn(PairLogps(c, r, *tokens), ref, **kw).losses
-
-    assert torch.autograd.gradcheck(f, (chosen, rejected, chosen_ref, rejected_ref))
 
 
 @pytest.mark.parametrize("divergence", pairwise.FDPO_DIVERGENCES)
@@ -379,88 +425,30 @@ def test_fdpo_gradcheck_every_divergence(divergence):
                                    divergence=divergence, beta=0.5).losses, (c, r))
 
 
-# --- the registry contract, for the pairwise entries -----------------------------------------------
-
-
-def _inputs(dtype, requires_grad=False):
-    """±1e4 log-ratios, one-token completions, and an ordinary pair."""
-    policy = PairLogps(torch.tensor([1e4, -1e4, -3.0, -1e4], dtype=dtype, requires_grad=requires_grad),
-                       torch.tensor([-1e4, 1e4, -2.0, -1.0], dtype=dtype, requires_grad=requires_grad),
-                       torch.tensor([1, 1, 3, 1]), torch.tensor([1, 1, 1, 4]))
-    reference = PairLogps(torch.tensor([0.0, 0.0, -1.0, 0.0], dtype=dtype),
-                          torch.tensor([0.0, 0.0, -1.0, 0.0], dtype=dtype),
-                          torch.tensor([1, 1, 3, 1]), torch.tensor([1, 1, 1, 4]))
-    return policy, reference
-
-
-def _extra(spec, dtype):
-    return {"strength": torch.tensor([0.5, 1.0, 0.2, 0.9], dtype=dtype)} if "strength" in spec.needs else {}
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("name", PAIRWISE)
-def test_contract(name, dtype):
-    spec = LOSSES[name]
-    policy, reference = _inputs(dtype, requires_grad=True)
-    out = spec.fn(policy, reference, **_extra(spec, dtype))
-    assert out.losses.shape == (4,) and out.losses.dtype == dtype
-    assert torch.isfinite(out.losses).all(), out.losses
-    for rewards in (out.chosen_rewards, out.rejected_rewards):
-        assert rewards.shape == (4,) and rewards.dtype == dtype and not rewards.requires_grad
-    out.losses.sum().backward()
-    assert torch.isfinite(policy.chosen_logps.grad).all() and torch.isfinite(policy.rejected_logps.grad).all()
-
-
-@pytest.mark.parametrize("name", PAIRWISE)
-def test_swap_flips_margin_and_reference_free_ignores_reference(name):
-    spec = LOSSES[name]
-    policy, reference = _inputs(torch.float64)
-    kw = _extra(spec, torch.float64)
-    out = spec.fn(policy, reference, **kw)
-    swapped = spec.fn(policy.swapped(), reference.swapped(), **kw)
-    torch.testing.assert_close(out.chosen_rewards - out.rejected_rewards,
-                               -(swapped.chosen_rewards - swapped.rejected_rewards))
-    if not spec.needs_reference:
-        torch.testing.assert_close(spec.fn(policy, None, **kw).losses, out.losses)
-        other = PairLogps(reference.chosen_logps + 3, reference.rejected_logps - 7,
-                          reference.chosen_tokens, reference.rejected_tokens)
-        torch.testing.assert_close(spec.fn(policy, other, **kw).losses, out.losses)
-
-
-@pytest.mark.parametrize("name", PAIRWISE)
-def test_spec_params_match_signature(name):
-    """Registry defaults equal the function's keyword defaults, and every keyword is registered."""
-    spec = LOSSES[name]
-    signature = inspect.signature(spec.fn).parameters
-    keywords = {k for k, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - set(spec.needs)
-    assert keywords == set(spec.params)
-    for key, param in spec.params.items():
-        assert signature[key].default == param.default, key
-        if param.choices is not None:
-            assert param.default in param.choices
-    assert spec.kind == "pair" and spec.paper.arxiv and spec.paper.equation and spec.summary
-
-
 # --- errors ----------------------------------------------------------------------------------------
 
 
-def test_errors_are_one_line_prefkit_errors():
-    with pytest.raises(ConfigError, match="needs reference"):
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: pairwise.dpo(POLICY, None), ConfigError, "needs reference log-probs"),
+    (lambda: pairwise.odpo(POLICY, REFERENCE), ConfigError, "needs a per-pair strength"),
+    (lambda: pairwise.dpo_soft(POLICY, REFERENCE, strength=torch.tensor([0.5, 1.5, 0.0], dtype=torch.float64)),
+     DataError, r"needs strength in \[0, 1\]"),
+    (lambda: pairwise.odpo(POLICY, REFERENCE, strength=torch.zeros(3, dtype=torch.float64), offset="log"),
+     DataError, "needs strength > 0"),
+], ids=["reference", "strength", "dpo_soft-range", "odpo-log"])
+def test_input_errors_are_one_line_prefkit_errors(call, error, match):
+    """The bodies check their inputs only; parameter ranges are the registry's (test_losses_registry)."""
+    with pytest.raises(error, match=match) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_missing_reference_names_the_reference_free_losses():
+    with pytest.raises(ConfigError) as err:
         pairwise.dpo(POLICY, None)
-    with pytest.raises(ConfigError, match="beta"):
-        pairwise.dpo(POLICY, REFERENCE, beta=0.0)
-    with pytest.raises(ConfigError, match="label_smoothing"):
-        pairwise.robust_dpo(POLICY, REFERENCE, label_smoothing=0.5)
-    with pytest.raises(ConfigError, match="strength"):
-        pairwise.odpo(POLICY, REFERENCE)
-    with pytest.raises(DataError, match=r"\[0, 1\]"):
-        pairwise.dpo_soft(POLICY, REFERENCE, strength=torch.tensor([0.5, 1.5, 0.0], dtype=torch.float64))
-    with pytest.raises(DataError, match="strength > 0"):
-        pairwise.odpo(POLICY, REFERENCE, strength=torch.zeros(3, dtype=torch.float64), offset="log")
-    with pytest.raises(ConfigError, match="divergence"):
-        pairwise.fdpo(POLICY, REFERENCE, divergence="kl")
-    with pytest.raises(ConfigError, match="alpha"):
-        pairwise.fdpo(POLICY, REFERENCE, divergence="alpha", alpha=1.0)
+    free = reference_free_pair_losses()
+    assert f"({', '.join(free)})" in str(err.value)
+    assert free == sorted(n for n in PAIRWISE if not LOSSES[n].needs_reference) and "orpo" in free
 
 
 # --- transforms ------------------------------------------------------------------------------------
@@ -473,9 +461,13 @@ def test_wpo_weights():
     w = wpo_weights(policy)
     close(w, [math.exp(-2), math.exp(-2), math.exp(-3)])
     assert not w.requires_grad and w.dtype == torch.float64
-    policy, _ = _inputs(torch.float32, requires_grad=True)
+    # fp32, a malformed positive log-prob (mean clamped to 0) and an underflowing weight:
+    # chosen means [5 → 0, −1e4, −1], rejected means [−1, −1, −2] → w = [e^−1, e^−10001 = 0, e^−3].
+    policy = PairLogps(torch.tensor([5.0, -1e4, -3.0], requires_grad=True), torch.tensor([-1.0, -1.0, -2.0]),
+                       torch.tensor([1, 1, 3]), torch.tensor([1, 1, 1]))
     w = wpo_weights(policy)
-    assert ((w > 0) | (w == 0)).all() and (w <= 1).all() and not w.requires_grad
+    torch.testing.assert_close(w, torch.tensor([math.exp(-1), 0.0, math.exp(-3)]))
+    assert (w >= 0).all() and (w <= 1).all() and not w.requires_grad and w.dtype == torch.float32
 
 
 def _token_pair(dtype=torch.float64) -> PairLogps:

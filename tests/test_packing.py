@@ -12,6 +12,7 @@ from prefkit.models.packing import (
     pack_batch,
     packed_sequence_logps,
     packing_stats,
+    plan_for,
     prefix_shared_sequence_logps,
 )
 from prefkit.testing import tiny_llama
@@ -292,26 +293,122 @@ def test_batched_segments_match_padded(share_prefix, shape):
         torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_auto_runs_short_unshrinkable_batches_padded():
-    """``attention="auto"``: short sequences that the fast path would shrink by < 20% run padded; a
-    batch it shrinks more, or with longer sequences, runs packed. Same values."""
+def test_auto_runs_short_unshrinkable_batches_padded(monkeypatch):
+    """The dispatcher ``sequence_logps``: short sequences that the fast path would shrink by < 20% run
+    padded (decided up front, before any plan); a batch it shrinks more, or with longer sequences, runs
+    packed. Same values. ``packed_sequence_logps`` itself always runs packed."""
     from prefkit.models import packing
+    from prefkit.models.logprobs import sequence_logps
 
     model = _model("sdpa")
     calls = []
     original = packing._run_decoder
-    packing._run_decoder = lambda *a: calls.append(a[3]) or original(*a)
-    try:
-        short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
-        assert packing._padded_is_cheaper(short, share_prefix=True)
-        out = packed_sequence_logps(model, short, share_prefix=True)
-        assert calls == []
-        torch.testing.assert_close(out.logps, _naive(model, short)[0].detach(), atol=1e-5, rtol=1e-5)
-        uneven = _batch(*UNEVEN)  # 54% padding
-        packed_sequence_logps(model, uneven, share_prefix=True)
-        assert calls == ["segments"]
-    finally:
-        packing._run_decoder = original
+    monkeypatch.setattr(packing, "_run_decoder", lambda *a: calls.append(a[3]) or original(*a))
+    short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
+    assert packing.padded_is_cheaper(short, share_prefix=True)
+    assert packing._padded_is_cheaper is packing.padded_is_cheaper  # the former name, until callers move
+    out = sequence_logps(model, short, share_prefix=True)
+    assert calls == []
+    torch.testing.assert_close(out.logps, _naive(model, short)[0].detach(), atol=1e-5, rtol=1e-5)
+    uneven = _batch(*UNEVEN)  # 54% padding
+    assert not packing.padded_is_cheaper(uneven, share_prefix=True)
+    sequence_logps(model, uneven, share_prefix=True)
+    assert calls == ["segments"]
+    forced = packed_sequence_logps(model, short, share_prefix=True)  # no dispatch here: packed
+    assert calls == ["segments", "segments"]
+    torch.testing.assert_close(forced.logps, out.logps, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_is_cheaper_without_prompt_lens_counts_shared_prefixes_exactly():
+    """Without ``prompt_lens`` the shared prefixes are computed (no plan is built): the same decision
+    as the plan's token count."""
+    from dataclasses import replace
+
+    from prefkit.models import packing
+
+    for shape in (SHORT_EQUAL, UNEVEN, LISTS):
+        batch = replace(_batch(*shape), prompt_lens=None)
+        run = plan_for(batch, share_prefix=True).num_real_tokens
+        assert run == packing_stats(batch, share_prefix=True)["run_tokens"]
+        expected = run > (1 - packing.MIN_SAVING) * batch.input_ids.numel()
+        assert packing.padded_is_cheaper(batch, share_prefix=True) == expected
+
+
+def test_precomputed_plan_is_shared_between_passes(monkeypatch):
+    """A plan computed once (``plan_for``) serves several passes over the same batch (a training step's
+    reference and policy forwards) with the same results; none is built inside the engine then. A plan
+    for another batch or ``share_prefix`` is refused; the dense backend plans its own rows."""
+    from prefkit.models import packing
+    from prefkit.models.logprobs import sequence_logps, sequence_plan
+
+    model = _model("sdpa")
+    batch = _batch(*UNEVEN)
+    assert sequence_plan(model, _batch(*SHORT_EQUAL)) is None  # runs padded: nothing to plan
+    assert sequence_plan(model, batch, packing=False) is None
+    plan = sequence_plan(model, batch)
+    assert plan.one_row and plan.share_prefix and plan.segments is not None
+    expected = sequence_logps(model, batch, token_logps=True)
+    built = []
+    original = packing.plan_for
+    monkeypatch.setattr(packing, "plan_for", lambda *a, **k: built.append(k) or original(*a, **k))
+    with torch.no_grad():
+        ref = sequence_logps(model, batch, token_logps=True, plan=plan)
+    pol = sequence_logps(model, batch, token_logps=True, plan=plan)
+    assert built == []
+    for out in (ref, pol):
+        for field in ("logps", "tokens", "token_logps", "mask"):
+            torch.testing.assert_close(getattr(out, field), getattr(expected, field), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="another batch or share_prefix"):
+        sequence_logps(model, batch, share_prefix=False, plan=plan)
+    with pytest.raises(ValueError, match="another batch or share_prefix"):
+        sequence_logps(model, _batch(*LISTS, kind="list"), plan=plan)
+    dense = packed_sequence_logps(model, batch, share_prefix=True, attention="dense", plan=plan)
+    assert [k["one_row"] for k in built] == [False]
+    torch.testing.assert_close(dense.logps, expected.logps, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("one_row", [True, False], ids=["one-row", "bins"])
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_plan_layouts(one_row, share_prefix):
+    """The one plan builder: every real token once, each scored token predicted by the hidden state of
+    the token before it in its sequence (the prompt's last token for a completion's first); one row
+    without padding, or first-fit-decreasing rows as wide as the longest packed unit (or
+    ``max_row_tokens``), padded with ``pad_id``."""
+    prompts, completions = [4, 2, 6], [[3, 5, 1], [2, 2, 2], [7, 1, 4]]
+    batch = _batch(prompts, completions, kind="list")
+    units = ([sum(c) + p for p, c in zip(prompts, completions, strict=True)] if share_prefix
+             else [p + c for p, cs in zip(prompts, completions, strict=True) for c in cs])
+    for capacity in (None, 30):
+        plan = plan_for(batch, share_prefix=share_prefix, one_row=one_row, max_row_tokens=capacity, pad_id=-5)
+        real = plan.doc_ids >= 0
+        assert int(real.sum()) == plan.num_real_tokens == sum(units)
+        assert (plan.input_ids[~real] == -5).all() and (plan.seg_ids[~real] == 0).all()
+        if one_row:
+            assert plan.input_ids.shape == (1, sum(units)) and plan.segments is not None
+        else:
+            rows = _bins(units, max(max(units), capacity or 0))
+            assert plan.segments is None and plan.input_ids.shape == (len(rows), max(sum(units[i] for i in r) for r in rows))
+        ids, pos, doc = plan.input_ids.flatten(), plan.position_ids.flatten(), plan.doc_ids.flatten()
+        assert plan.target_ids.tolist() == batch.input_ids[plan.seq_index, plan.col_index].tolist()
+        pred = plan.pred_index
+        assert (pos[pred] == plan.col_index - 1).all()
+        assert (ids[pred] == batch.input_ids[plan.seq_index, plan.col_index - 1]).all()
+        unit_of = {n: d for d, n in zip(doc[pred].tolist(), plan.seq_index.tolist(), strict=True)}
+        assert len(set(unit_of.values())) == (len(prompts) if share_prefix else batch.num_sequences)
+
+
+def test_dense_rows_share_a_prompt_only_as_far_as_all_sequences_agree():
+    """Three sequences per example whose prompts agree on different lengths (the second differs from
+    the first at position 2, the third not at all): the shared prefix is the common part of all three,
+    on the bin-packed (dense) rows as on the one row."""
+    model = _model("sdpa")
+    batch = _batch([5, 4], [[2, 3, 4], [3, 1, 2]], kind="list")
+    batch.input_ids[2, 2] = (batch.input_ids[0, 2] + 1) % VOCAB  # example 0, sequence 1
+    ref_logps, _ = _naive(model, batch)
+    assert packing_stats(batch, share_prefix=True)["run_tokens"] == int(batch.attention_mask.sum()) - 2 * 2 - 2 * 4
+    for attention in ("dense", "segments"):
+        out = packed_sequence_logps(model, batch, share_prefix=True, attention=attention)
+        torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("grid", [0, 64], ids=["per-shape-groups", "grid"])

@@ -10,21 +10,18 @@ import torch
 
 from prefkit.data.records import Message, Pair, Rating
 from prefkit.errors import ConfigError
-from prefkit.models.reward import (
-    GPMHead,
-    RewardModel,
-    RewardModelConfig,
+from prefkit.models.heads import GPMHead, RewardModelConfig, TieHead
+from prefkit.models.reward import RewardModel
+from prefkit.models.reward_inputs import (
     RewardTokens,
-    TieHead,
     as_text_record,
     encode_for_reward,
     last_index,
-    load_reward_config,
     pool,
     render_text,
-    train_reward_model,
 )
 from prefkit.testing import tiny_llama, tiny_pairs, tiny_rankings, tiny_tokenizer
+from prefkit.train import load_reward_config, train_reward_model
 
 QUIET = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
          "output.overwrite=true"]
@@ -180,7 +177,7 @@ def test_multi_attribute_regression_and_soft_labels(tmp_path):
 def test_lora_backbone_trains_and_saves_merged(tmp_path):
     pairs = tiny_pairs(24)
     tok = tiny_tokenizer()
-    model = RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(lora_r=4), tok)
+    model = RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(), tok, lora_r=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora" in n for n in trainable) and any(n.startswith("head.") for n in trainable)
     assert not any("embed_tokens" in n for n in trainable)
@@ -193,10 +190,14 @@ def test_lora_backbone_trains_and_saves_merged(tmp_path):
 
 
 def test_config_checks():
-    with pytest.raises(ConfigError, match="did you mean 'pooling'"):
+    with pytest.raises(ConfigError, match="did you mean 'reward.pooling'"):
         load_reward_config(None, ["reward.poling=mean"])
-    with pytest.raises(ConfigError, match="rao_kupper or davidson"):
+    with pytest.raises(ConfigError, match=r"tie loss \(davidson, rao_kupper\)"):
         load_reward_config(None, ["reward.head=tie"])
+    with pytest.raises(ConfigError, match="learns 'nu'"):
+        load_reward_config(None, ["reward.head=tie", "reward.tie_model=davidson", "loss.name=rao_kupper"])
+    with pytest.raises(ConfigError, match="now lora.r"):
+        load_reward_config(None, ["reward.lora_r=4"])
     with pytest.raises(ConfigError, match="policy loss"):
         load_reward_config(None, ["loss.name=dpo"])
     with pytest.raises(ConfigError, match="needs attributes"):

@@ -39,6 +39,16 @@ LISTS = ([3, 6], [[2, 5, 1, 8], [4, 4, 9, 1]])  # lists of 4
 SINGLE = ([4, 9, 2, 7], [[3], [8], [1], [6]])  # group size 1 (inference, ratings)
 
 
+def _packed_runs(monkeypatch) -> list[dict]:
+    """The ``share_prefix`` of every packed run, recorded where :func:`packing.packed_hidden` plans it
+    (``packing.plan_for``, looked up in the module at each call however callers import ``packed_hidden``)."""
+    calls: list[dict] = []
+    original = packing.plan_for
+    monkeypatch.setattr(packing, "plan_for",
+                        lambda *a, **k: calls.append({"share_prefix": k["share_prefix"]}) or original(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "cls"])
 @pytest.mark.parametrize("shape", [PAIRS, LISTS, SINGLE], ids=["pairs", "lists-of-4", "single"])
 def test_packed_features_match_padded(pooling, shape, monkeypatch):
@@ -50,9 +60,7 @@ def test_packed_features_match_padded(pooling, shape, monkeypatch):
     ref.square().sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    calls = []
-    original = packing.packed_hidden
-    monkeypatch.setattr(packing, "packed_hidden", lambda *a, **k: calls.append(k) or original(*a, **k))
+    calls = _packed_runs(monkeypatch)
     got = model.features(ids, mask, group_size=group)
     assert calls == [{"share_prefix": pooling == "last" and group > 1}]
     torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=1e-5)
@@ -78,7 +86,7 @@ def test_encoders_and_left_padding_run_padded(monkeypatch):
                                 intermediate_size=32))
     model = RewardModel.from_backbone(bert)
     assert "not a causal decoder" in model.fast_path_unsupported()
-    monkeypatch.setattr(packing, "packed_hidden", lambda *a, **k: pytest.fail("encoder was packed"))
+    monkeypatch.setattr(packing, "_run_decoder", lambda *a, **k: pytest.fail("encoder was packed"))
     ids, mask = _rows(*SINGLE)
     model.features(ids, mask)  # padded, no call to the packed engine
     llama = _model("last")
@@ -89,14 +97,12 @@ def test_encoders_and_left_padding_run_padded(monkeypatch):
 def test_reward_objective_trains_with_packing(tmp_path, monkeypatch):
     """A Bradley-Terry run through the trainer gives the same losses packed (prompts shared) and padded,
     and the loss falls."""
-    from prefkit.models.reward import load_reward_config, train_reward_model
     from prefkit.testing import tiny_pairs, tiny_tokenizer
+    from prefkit.train import load_reward_config, train_reward_model
     from prefkit.train.metrics import read_metrics
 
     monkeypatch.setattr(packing, "SHORT_SEQUENCE_TOKENS", 0)
-    calls = []
-    original = packing.packed_hidden
-    monkeypatch.setattr(packing, "packed_hidden", lambda *a, **k: calls.append(k) or original(*a, **k))
+    calls = _packed_runs(monkeypatch)
     losses = {}
     for flag in ("true", "false"):
         tok = tiny_tokenizer()
@@ -119,9 +125,9 @@ def test_lora_and_checkpointing_match_padded(variant, monkeypatch):
     monkeypatch.setattr(packing, "SHORT_SEQUENCE_TOKENS", 0)
     backbone = tiny_llama(VOCAB, hidden=32, layers=2, heads=4, seed=0).model
     backbone.set_attn_implementation("sdpa")
-    config = RewardModelConfig(pooling="last", lora_r=4 if variant == "lora" else None)
+    config = RewardModelConfig(pooling="last")
     torch.manual_seed(0)
-    model = RewardModel.from_backbone(backbone, config)
+    model = RewardModel.from_backbone(backbone, config, lora_r=4 if variant == "lora" else 0)
     if variant == "checkpointing":
         model.gradient_checkpointing_enable()
     model.train()

@@ -143,4 +143,4 @@ def test_rm_train_config_errors_are_one_line(tmp_path, capsys):
     assert "GPM head learns from pairs only" in capsys.readouterr().err
     config.write_text("rewards: {head: gpm}\n")
     assert main(["rm", "train", "--config", str(config)]) == 1
-    assert "did you mean 'reward'" in capsys.readouterr().err
+    assert "did you mean 'reward.head'" in capsys.readouterr().err

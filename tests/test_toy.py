@@ -105,4 +105,4 @@ def test_demo_learns_the_hidden_preference(tmp_path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["after"]["implicit_reward_accuracy"] == after.implicit_reward_accuracy
     assert (tmp_path / "plots" / "before_after.png").is_file()
-    assert (tmp_path / "dpo" / "metrics.jsonl").is_file() and (tmp_path / "dpo" / "model").is_dir()
+    assert (tmp_path / "preference" / "metrics.jsonl").is_file() and (tmp_path / "preference" / "model").is_dir()

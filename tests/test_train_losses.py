@@ -50,5 +50,5 @@ def test_loss_kind_must_match_data(tmp_path) -> None:
 
     tok = copy.deepcopy(tiny_tokenizer())
     cfg = load_config(overrides=[*FAST, "loss.name=dpo", "train.batch_size=2", f"output.dir={tmp_path}"])
-    with pytest.raises(DataError, match="trains on pair records, but the data has 4 list records"):
+    with pytest.raises(DataError, match="trains on pair records, but the data has 4 ranking records"):
         Trainer(cfg, tiny_llama(len(tok)), tok, tiny_rankings(4, k=3))

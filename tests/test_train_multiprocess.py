@@ -76,13 +76,14 @@ quiet = ["train.progress=false", "output.tensorboard=false", "output.plots=false
          "train.max_steps=1", "train.lr=1e-2", "train.scheduler=constant", "train.max_grad_norm=0",
          f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", f"output.dir={out}"]
 if kind == "rm":
-    from prefkit.models.reward import RewardModel, RewardObjective, RewardModelConfig, as_text_record
-    from prefkit.losses.registry import get_loss
+    from prefkit.models.reward import RewardModel, RewardModelConfig, as_text_record
+    from prefkit.train.config import load_reward_config
+    from prefkit.train.objectives import make_objective
     import torch
     torch.manual_seed(0)  # the head's initialisation
     model = RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(), tok)
-    cfg = load_config(overrides=[*quiet, "loss.name=bradley_terry", "encode.add_eos=false", "encode.add_bos=false"])
-    objective = RewardObjective("bradley_terry", get_loss("bradley_terry"), dict(cfg.loss.params), model.tokens(), ())
+    cfg = load_reward_config(overrides=quiet)
+    objective = make_objective(cfg, model.tokens())
     records = [as_text_record(r, tok) for r in tiny_pairs(8)]
     trainer = Trainer(cfg, model, tok, records, objective=objective)
 else:

@@ -33,10 +33,9 @@ class _Group(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        try:
-            module = importlib.import_module(COMMANDS[name])
-        except ModuleNotFoundError:
-            return None
+        # An ImportError inside a command's module is a bug or a broken install, not "no such command":
+        # it propagates with its own message.
+        module = importlib.import_module(COMMANDS[name])
         return getattr(module, "commands", {}).get(name)
 
 

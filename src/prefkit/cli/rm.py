@@ -1,6 +1,6 @@
 """``prefkit rm`` (train / eval / score a reward model) and ``prefkit bon`` (best-of-N).
 
-Thin wrappers over ``prefkit.models.reward`` (training through ``prefkit.train.Trainer``),
+Thin wrappers over ``prefkit.models.reward`` and ``prefkit.train.run.train_reward_model``,
 ``prefkit.eval.reward`` (the evaluation report) and ``prefkit.eval.best_of_n``.
 """
 
@@ -60,13 +60,13 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
     import time
 
     from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
-    from prefkit.models.reward import load_reward_config, train_reward_model
-    from prefkit.train.run import check_run_dir, read_data
+    from prefkit.train.config import load_reward_config
+    from prefkit.train.run import check_run_dir, read_data, train_reward_model
 
     _offline()
     cfg = load_reward_config(config_path, overrides)
-    check_run_dir(cfg.run_config(), resume)
-    train, evaluation = read_data(cfg.run_config())
+    check_run_dir(cfg, resume)
+    train, evaluation = read_data(cfg)
     start = time.perf_counter()
     # The trainer's own periodic evaluation (eval/* metrics) only when asked for with train.eval_every;
     # the full report below covers the end of training.
@@ -74,7 +74,7 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
                                   eval_records=evaluation if cfg.train.eval_every else None)
     click.echo(f"trained in {time.perf_counter() - start:.0f} s; model saved to {Path(cfg.output.dir) / 'model'}")
     if evaluation and not no_eval:
-        report = evaluate_reward_model(model, evaluation, by=cfg.eval_by)
+        report = evaluate_reward_model(model, evaluation, by=cfg.data.eval_by)
         print_report(report)
         paths = write_report(report, Path(cfg.output.dir) / "eval")
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -28,9 +28,14 @@ def train(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> 
     if config_path is None:
         raise ConfigError("overrides and --resume need --config FILE.yaml (plain `prefkit train` runs the demo)")
     cfg = load_config(config_path, overrides)  # every config error surfaces here, before any model loads
-    from prefkit.train.run import run
+    from prefkit import toy
 
-    result = run(cfg, resume=resume)
+    if toy.is_toy_config(cfg):  # model.path: toy names the built-in toy world: the job is the demo
+        result = toy.run_config(cfg, resume=resume)
+    else:
+        from prefkit.train.run import run
+
+        result = run(cfg, resume=resume)
     shown = {k: round(v, 4) for k, v in result.items() if k in ("step", "loss", "rewards/accuracies",
                                                                    "eval/loss", "eval/rewards/accuracies")}
     click.echo(f"done: {shown or result}; outputs in {cfg.output.dir}")

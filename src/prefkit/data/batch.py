@@ -28,7 +28,7 @@ from torch import Tensor
 class Batch:
     """A collated batch of G * B sequences (see module docstring for the layout)."""
 
-    kind: Literal["pair", "list", "unpaired", "rating"]
+    kind: Literal["pair", "ranking", "unpaired", "rating"]  # the record kind (prefkit.data.records.KINDS)
     group_size: int  # G: sequences per example
     input_ids: Tensor  # padded: (N, T); packed: (1, total)
     attention_mask: Tensor  # same shape as input_ids

@@ -49,11 +49,12 @@ from typing import Any, Literal, get_args
 import torch
 
 from prefkit.data.batch import Batch
-from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired
+from prefkit.data.records import KINDS, Message, Pair, Ranking, Rating, Record, Unpaired
 from prefkit.errors import ConfigError, DataError, check_known_keys, did_you_mean
 
 Truncation = Literal["keep_end", "drop", "raise"]
-Kind = Literal["pair", "list", "unpaired", "rating"]
+Kind = Literal["pair", "ranking", "unpaired", "rating"]
+"""The record kinds (``prefkit.data.records.KINDS``): the one vocabulary for examples and batches."""
 
 DROP_REASONS = {
     "prompt_too_long": "prompt longer than max_prompt_length",
@@ -117,7 +118,7 @@ class EncodedSequence:
 class EncodedExample:
     """One record's sequences in its group order, plus its per-example fields.
 
-    ``sequences``: pair -> [chosen, rejected]; list (ranking) -> responses best first; unpaired and
+    ``sequences``: pair -> [chosen, rejected]; ranking -> responses best first; unpaired and
     rating -> [response]. All sequences share the same (possibly truncated) prompt ids.
     """
 
@@ -193,24 +194,34 @@ class TruncationReport:
 
 
 def _record_kind(record: Record) -> Kind:
-    if isinstance(record, Pair):
-        return "pair"
-    if isinstance(record, Ranking):
-        return "list"
-    if isinstance(record, Unpaired):
-        return "unpaired"
-    if isinstance(record, Rating):
-        return "rating"
-    raise DataError(f"cannot encode a {type(record).__name__}; expected Pair, Ranking, Rating or Unpaired")
+    kind = KINDS.get(type(record))
+    if kind is None:
+        raise DataError(f"cannot encode a {type(record).__name__}; expected Pair, Ranking, Rating or Unpaired")
+    return kind  # type: ignore[return-value]
 
 
-def _completions(record: Record) -> Sequence[str | tuple[Message, ...]]:
+def completions_of(record: Record) -> tuple[str | tuple[Message, ...], ...]:
+    """The completions of a record in group order: pair (chosen, rejected); ranking its responses,
+    best first; rating and unpaired (response,). The one definition of a record's sequences."""
     _record_kind(record)  # refuses anything that is not a record
     if isinstance(record, Pair):
         return (record.chosen, record.rejected)
     if isinstance(record, Ranking):
-        return record.responses
-    return (record.response,)
+        return tuple(record.responses)
+    return (record.response,)  # type: ignore[union-attr]
+
+
+def cut(ids: Sequence[int], room: int, *, keep: Literal["start", "end"]) -> tuple[list[int], int]:
+    """``ids`` cut to at most ``room`` tokens, keeping its start or its end: (kept ids, tokens removed).
+
+    The one truncation rule: the encoder cuts prompts (keeping the end) and completions (keeping the
+    start) with it, and reward-model inputs (``prefkit.models.reward_inputs``) whole sequences.
+    """
+    ids = list(ids)
+    room = max(room, 0)
+    if len(ids) <= room:
+        return ids, 0
+    return (ids[len(ids) - room:] if keep == "end" else ids[:room]), len(ids) - room
 
 
 def _as_dicts(messages: Iterable[Message]) -> list[dict[str, str]]:
@@ -289,7 +300,7 @@ class Encoder:
 
     def render_text(self, record: Record) -> tuple[str, list[str]]:
         """(prompt text, completion text per sequence in group order), before tokenization."""
-        completions = _completions(record)
+        completions = completions_of(record)
         if isinstance(record.prompt, tuple):
             try:
                 return self._render_chat(record.prompt, completions)  # type: ignore[arg-type]
@@ -408,17 +419,16 @@ class Encoder:
             bos = self.tokenizer.bos_token_id
             keep_bos = bos is not None and prompt[0] == bos
             head = prompt[:1] if keep_bos else []
-            tail = prompt[len(prompt) - (prompt_budget - len(head)):] if prompt_budget > len(head) else []
-            removed += len(prompt) - len(head) - len(tail)
+            tail, lost = cut(prompt[len(head):], prompt_budget - len(head), keep="end")
+            removed += lost
             prompt = head + tail
         completion_cut = False
         if cfg.max_length is not None:
             room = cfg.max_length - len(prompt)
             for i, c in enumerate(completions):
-                if len(c) > room:
-                    completion_cut = True
-                    removed += len(c) - room
-                    completions[i] = c[:room]
+                completions[i], lost = cut(c, room, keep="start")
+                completion_cut = completion_cut or lost > 0
+                removed += lost
         if prompt_cut or completion_cut:
             report.truncated += 1
             report.prompt_truncated += prompt_cut
@@ -457,7 +467,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, *, pad_to_multiple_
     """Lay B examples of one kind and group size G out as a :class:`Batch` of N = G * B sequences.
 
     Row ``g * B + b`` is sequence ``g`` of example ``b``: for pairs rows [0:B) are the chosen and
-    [B:2B) the rejected completions; for lists rows [kB:(k+1)B) hold every example's k-th preferred
+    [B:2B) the rejected completions; for rankings rows [kB:(k+1)B) hold every example's k-th preferred
     response (0 = best). ``layout="padded"``: (N, T) right-padded with ``pad_id``, T the longest
     sequence rounded up to ``pad_to_multiple_of``. ``layout="packed"``: one (1, total) row, sequences
     end to end in row order, ``position_ids`` restarting at 0. Both set ``seq_lens`` and
@@ -521,11 +531,11 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, *, pad_to_multiple_
             raise DataError(f"cannot collate ratings with different attribute sets in one batch: "
                             f"{sorted(map(list, names))}; give every rating the same attributes")
         scores = torch.tensor([list(ex.scores or ()) for ex in examples], dtype=torch.float32)  # (B, A)
-    elif kind == "list" and any(ex.scores is not None for ex in examples):
+    elif kind == "ranking" and any(ex.scores is not None for ex in examples):
         scores = torch.tensor([list(ex.scores) if ex.scores is not None else [math.nan] * g
                                for ex in examples], dtype=torch.float32)  # (B, K)
     extras = {}
-    if kind == "list" and any(ex.tie_groups is not None for ex in examples):
+    if kind == "ranking" and any(ex.tie_groups is not None for ex in examples):
         extras["tie_groups"] = torch.tensor([list(ex.tie_groups) if ex.tie_groups is not None
                                              else list(range(g)) for ex in examples])  # (B, K)
     return Batch(

@@ -36,9 +36,30 @@ value counts as absent. Other columns are kept in ``metadata``; unknown ones als
 suggests the nearest known name (a few common extras such as ``prompt_id``, ``messages``,
 ``score_chosen`` are kept quietly).
 
+A ``.json`` file holds a JSON array of row objects (or JSON Lines); a file whose first line is not a
+JSON value on its own (a pretty-printed array, or one pretty-printed row object) is read as one JSON
+document, whatever its extension.
+
 CSV cells are text: message lists and other lists/objects are JSON strings in their cells, numbers and
 booleans (``true``/``false``/``1``/``0``/``yes``/``no``) are parsed by field, an empty cell is absent
-(an empty text field is an error).
+(an empty text field is an error). Quoting is parsed strictly: a quote that is never closed properly
+is an error on the line where its row starts (the lines it would swallow are read as rows of their
+own), and a cell spanning lines that look like CSV rows gives a warning.
+
+Nothing is changed silently: a row that fits two layouts (e.g. ``chosen``/``rejected`` and
+``responses``), a known field the layout does not use, two columns giving the same field with
+different values (``prompt`` and ``instruction``), a metadata key also given as a column, duplicate
+JSON keys and duplicate CSV header names are all errors; a message with keys other than
+``role``/``content`` (``tool_calls``...) is an error (``prefkit.data.records``).
+
+Hardening: only regular files are read (a FIFO, device or socket is refused without being opened); a
+symlink loop is named as such; a ``datasets`` folder is checked before it is opened (its JSON files
+parse, its data files are regular files inside it) and a column of a file-backed feature (``Image``,
+``Audio``, ``Video``...) is refused, since decoding it would open the paths stored in the data. Text
+must be valid Unicode: bad UTF-8 bytes, and lone surrogates such as ``"\\ud800"`` that no tokenizer can
+encode, are errors naming the row and field. Integers too long to read (over Python's 4,300-digit
+limit) or too large for a float, and values nested more than ``MAX_DEPTH`` levels deep, are row
+errors.
 
 HH-RLHF quirks (all rows are kept, so the 1,600-row sample loads as 1,600 pairs):
 
@@ -55,25 +76,46 @@ Errors: every problem is a ``DataError`` whose message names the source, the lin
 ``datasets``, lists: 0-based index, written ``row N``) and the field, e.g.
 ``data.jsonl line 17: field 'rejected' is empty``. ``on_error="raise"`` raises the first one;
 ``"skip"`` drops bad rows, prints one line with the count per reason to stderr, and returns them in
-``Records.problems`` / ``Records.skipped``. A missing, empty or unreadable file always raises.
+``Records.problems`` / ``Records.skipped``. A missing, empty or unreadable file (corrupt compression,
+not a regular file, a damaged ``datasets`` folder...) always raises. Nothing else escapes: an
+unexpected exception while reading a row becomes a ``DataError`` for that row (reason
+``unreadable``).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import gc
 import gzip
 import io
 import json
-import math
+import numbers
+import os
+import re
+import stat
 import sys
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from prefkit.data import hh
-from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired, is_source
+from prefkit.data.records import (
+    Message,
+    Pair,
+    Ranking,
+    Rating,
+    Record,
+    Unpaired,
+    _number,
+    _short,
+    bad_unicode,
+    is_source,
+)
 from prefkit.errors import ConfigError, DataError, did_you_mean
 
 FORMATS = ("auto", "pair", "hh", "unpaired", "rating", "ultrafeedback", "ranking")
@@ -85,7 +127,9 @@ KNOWN_FIELDS = (
 ALIASES = {"instruction": "prompt", "margin": "strength", "user": "user_id", "annotator": "annotator_id"}
 QUIET_EXTRAS = frozenset({"prompt_id", "messages", "score_chosen", "score_rejected", "models",
                           "correct_answers", "incorrect_answers", "custom_system_prompt"})
+MAX_DEPTH = 100  # lists/objects inside each other, at most
 
+_KNOWN = frozenset(KNOWN_FIELDS)
 _TEXT = frozenset({"prompt", "chosen", "rejected", "completion", "response", "system"})
 _JSON = frozenset({"responses", "ranks", "scores", "tie_groups", "completions", "scale", "attributes",
                    "metadata"})
@@ -146,41 +190,71 @@ def read(source: Any, *, format: str = "auto", columns: Mapping[str, str] | None
     """``load`` without printing or warning: with ``collect`` every row problem goes to ``problems``."""
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; choose from {list(FORMATS)}{did_you_mean(format, FORMATS)}")
+    gc_was_on = gc.isenabled()
+    gc.disable()  # reading allocates millions of small objects and no cycles: the collector would double the time
+    try:
+        return _read(source, format, columns, collect)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _read(source: Any, format: str, columns: Mapping[str, str] | None, collect: bool) -> Records:
     name, items = _open(source)
     items = list(items)
     if not items:
         raise DataError("no rows (the source is empty)", source=name, reason="empty_file")
     mapping = _check_columns(columns, items, name)
     out = Records(source=name, rows=len(items))
-    seen_unknown: set[str] = set()
+    src_col = _column_for("source", mapping) if format != "ultrafeedback" else None
+    completions_col = _column_for("completions", mapping)
+    warned_source = False
+    checked: set[str] = set()
     for loc, row in items:
+        if type(row) is _CsvRow and row.notice:
+            out.warnings.append(f"{_where(name, loc)}: {row.notice}")
         try:
             if isinstance(row, DataError):
                 raise row
-            records = row_to_records(row, format=format, columns=mapping,
-                                     from_text=isinstance(row, _CsvRow))
-            cols = {_canonical(c, mapping): v for c, v in row.items()}
-            src = cols.get("source") if format != "ultrafeedback" and "completions" not in cols else None
-            if isinstance(src, str) and not is_source(src) and "source" not in seen_unknown:
-                seen_unknown.add("source")
-                out.warnings.append(f"{_where(name, loc)}: column 'source' holds {src!r}, not a feedback "
-                                    "source (human, implicit, ai:MODEL, rm:MODEL); kept in "
-                                    "metadata['dataset_source']")
-            for col in row:
-                col = _canonical(col, mapping)
-                if col not in KNOWN_FIELDS and col not in QUIET_EXTRAS and col not in seen_unknown:
-                    seen_unknown.add(col)
-                    out.warnings.append(f"{_where(name, loc)}: unknown column {col!r} kept in metadata"
-                                        f"{did_you_mean(col, KNOWN_FIELDS)}")
+            records = row_to_records(row, format=format, columns=mapping, from_text=type(row) is _CsvRow)
         except DataError as err:
-            located = _locate(err, name, loc)
-            if not collect:
-                raise located from None
-            out.problems.append(located)
-            out.skipped[located.reason] += 1
+            problem = err
+        except RecursionError:
+            problem = DataError(f"is nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each "
+                                "other)", reason="too_deep")
+        except (ArithmeticError, ValueError, TypeError, LookupError, AttributeError) as exc:
+            problem = DataError(f"can't read this row ({type(exc).__name__}: {_first_line(exc)})",
+                                reason="unreadable")
+        else:
+            if src_col is not None and not warned_source and (completions_col is None or completions_col not in row):
+                src = row.get(src_col)
+                if isinstance(src, str) and not is_source(src):
+                    warned_source = True
+                    out.warnings.append(f"{_where(name, loc)}: column 'source' holds {src!r}, not a feedback "
+                                        "source (human, implicit, ai:MODEL, rm:MODEL); kept in "
+                                        "metadata['dataset_source']")
+            for col in row:
+                if col in checked:
+                    continue
+                checked.add(col)
+                key = _canonical(col, mapping)
+                if key not in _KNOWN and key not in QUIET_EXTRAS:
+                    out.warnings.append(f"{_where(name, loc)}: unknown column {key!r} kept in metadata"
+                                        f"{did_you_mean(key, KNOWN_FIELDS)}")
+            out.extend(records)
             continue
-        out.extend(records)
+        located = _locate(problem, name, loc)
+        if not collect:
+            raise located from None
+        out.problems.append(located)
+        out.skipped[located.reason] += 1
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,43 +282,99 @@ def _open(source: Any) -> tuple[str, Iterable[tuple[Location, Any]]]:
     if module.startswith("datasets"):
         return _open_dataset(source, f"<{type(source).__name__}>")
     if isinstance(source, list | tuple):
-        return "<list>", [(("row", i), r if isinstance(r, Mapping) else DataError(
-            f"expected a dict, got {type(r).__name__}", reason="wrong_type")) for i, r in enumerate(source)]
+        return "<list>", [(("row", i), _list_row(r)) for i, r in enumerate(source)]
     raise DataError(f"can't read a {type(source).__name__}; pass a path, a list of dicts or a "
                     "datasets.Dataset", reason="wrong_type")
 
 
-def _open_dataset(ds: Any, name: str) -> tuple[str, Iterable[tuple[Location, Any]]]:
-    if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):
-        splits = list(ds.keys()) if hasattr(ds, "keys") else []
-        raise DataError(f"this is a DatasetDict with splits {splits}; pass one split, e.g. ds[{splits[0]!r}]"
-                        if splits else f"can't read a {type(ds).__name__}", source=name, reason="wrong_type")
-    return name, [(("row", i), row) for i, row in enumerate(ds)]
+def _list_row(row: Any) -> Any:
+    if not isinstance(row, Mapping):
+        return DataError(f"expected a dict, got {type(row).__name__}", reason="wrong_type")
+    bad = next((k for k in row if not isinstance(k, str)), None)
+    if bad is not None:
+        return DataError(f"column names must be text, got {type(bad).__name__} {_short(bad)}", reason="wrong_type")
+    return row
+
+
+# ---- files and folders on disk ---------------------------------------------------------------------
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind_of_file(mode: int) -> str:
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+
+
+def _os_error(err: OSError, name: str, what: str = "") -> DataError:
+    """One line for an OSError while looking at or reading ``name`` (``what``: a file inside it)."""
+    subject = f"{what} " if what else ""
+    if err.errno == errno.ELOOP:
+        msg = (f"{subject}is a symlink loop (a symbolic link that leads back to itself, directly or through "
+               "other links); point the link at a real file")
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        msg = f"{subject}can't be read: permission denied"
+    elif err.errno in (errno.ENOENT, errno.ENOTDIR):
+        msg = f"{what} does not exist" if what else "no such file or folder"
+    elif err.errno == errno.ENAMETOOLONG:
+        msg = f"{subject}has a path that is too long"
+    elif err.errno == errno.EISDIR:
+        msg = f"{subject}is a folder, not a file"
+    else:
+        msg = f"{subject}can't be read ({err.strerror or type(err).__name__})"
+    missing = err.errno in (errno.ENOENT, errno.ENOTDIR)
+    return DataError(msg, source=name, reason="missing_file" if missing else "unreadable_file")
+
+
+def _stat(path: Path, name: str, what: str = "") -> os.stat_result:
+    try:
+        return os.stat(path)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError) and os.path.islink(path):
+            raise DataError(f"{what + ' ' if what else ''}is a broken symlink (what it points to does not "
+                            "exist)", source=name, reason="missing_file") from None
+        raise _os_error(err, name, what) from None
+
+
+def _read_regular(path: Path, name: str, what: str = "") -> bytes:
+    """The bytes of a regular file; anything else (FIFO, device, socket) is refused without opening it."""
+    st = _stat(path, name, what)
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise DataError(f"{what + ' ' if what else ''}is a folder, not a file", source=name,
+                            reason="not_a_file")
+        raise DataError(f"{what + ' ' if what else ''}is {_kind_of_file(st.st_mode)}, not a regular file; "
+                        "prefkit reads data only from regular files", source=name, reason="not_a_file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)  # non-blocking: a FIFO swapped in after the check can't hang us
+    except OSError as err:
+        raise _os_error(err, name, what) from None
+    try:
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise DataError(f"{what + ' ' if what else ''}is {_kind_of_file(mode)}, not a regular file",
+                                source=name, reason="not_a_file")
+            return f.read()
+    except OSError as err:
+        raise _os_error(err, name, what) from None
 
 
 def _open_path(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any]]]:
-    if not path.exists():
-        raise DataError("no such file or folder", source=name, reason="missing_file")
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists():
-            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-            raise DataError(f"a saved DatasetDict with splits {splits}; pass one split's folder, e.g. "
-                            f"{path / (splits[0] if splits else 'train')}", source=name, reason="wrong_type")
-        if not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-            raise DataError("is a folder but not one written by datasets' save_to_disk", source=name,
-                            reason="wrong_type")
-        import datasets
-
-        return _open_dataset(datasets.load_from_disk(str(path)), name)
-    raw = path.read_bytes()
+    st = _stat(path, name)
+    if stat.S_ISDIR(st.st_mode):
+        return _open_folder(path, name)
+    raw = _read_regular(path, name)
     if not raw.strip():
         raise DataError("file is empty", source=name, reason="empty_file")
     suffixes = [s.lower() for s in path.suffixes]
     if raw[:2] == b"\x1f\x8b" or suffixes[-1:] == [".gz"]:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataError(f"not a readable gzip file ({err})", source=name, reason="malformed_file") from None
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"not a readable gzip file: {_gzip_problem(err)}", source=name,
+                            reason="malformed_file") from None
         if suffixes[-1:] == [".gz"]:
             suffixes = suffixes[:-1]
         if not raw.strip():
@@ -254,50 +384,400 @@ def _open_path(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any
         kind = _sniff(raw)
     if kind == "parquet":
         return name, _parquet_rows(raw, name)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"not valid UTF-8 text (byte {err.start})", source=name, line=line,
-                        reason="encoding") from None
+    text, bad_bytes = _decode_text(raw, name)
     if kind == "csv":
-        return name, _csv_rows(text)
-    if kind == "json":
-        stripped = text.lstrip()
-        if not stripped.startswith("["):
-            return name, _jsonl_rows(text)  # JSON Lines named .json
-        return name, _json_array_rows(text, name)
-    return name, _jsonl_rows(text)
+        return name, _csv_rows(text, name, bad_bytes)
+    return name, _json_rows(text, name, bad_bytes, array_first=kind == "json")
+
+
+def _gzip_problem(err: BaseException) -> str:
+    if isinstance(err, EOFError):
+        return "the compressed data is cut short (a truncated file?)"
+    if isinstance(err, zlib.error):
+        return f"the compressed data is corrupt ({err})"
+    return str(err) or type(err).__name__
 
 
 def _sniff(raw: bytes) -> str:
     if raw[:4] == b"PAR1":
         return "parquet"
-    head = raw.lstrip()[:1]
+    head = raw.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
     return {b"[": "json", b"{": "jsonl"}.get(head, "csv")
 
 
-def _as_object(value: Any) -> Any:
-    if isinstance(value, dict):
+def _decode_text(raw: bytes, name: str) -> tuple[str, bool]:
+    """The text, and whether it had bytes that are not UTF-8 (kept as lone surrogates, flagged per row)."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError("is UTF-16 text; save it as UTF-8", source=name, reason="encoding")
+    try:
+        return raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError as err:
+        if b"\x00" in raw:
+            line = raw[: err.start].count(b"\n") + 1
+            raise DataError(f"not UTF-8 text (byte 0x{raw[err.start]:02X} at byte {err.start}; a binary file?)",
+                            source=name, line=line, reason="encoding") from None
+    return raw.decode("utf-8-sig", errors="surrogateescape"), True
+
+
+def _open_folder(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any]]]:
+    """A folder written by ``save_to_disk``, checked before ``datasets`` opens anything in it."""
+    if (path / "dataset_dict.json").exists() or os.path.islink(path / "dataset_dict.json"):
+        info = _folder_json(path, name, "dataset_dict.json")
+        splits = info.get("splits") if isinstance(info, dict) else None
+        splits = [s for s in splits if isinstance(s, str)] if isinstance(splits, list) else []
+        raise DataError(f"a saved DatasetDict with splits {splits}; pass one split's folder, e.g. "
+                        f"{path / (splits[0] if splits else 'train')}", source=name, reason="wrong_type")
+    present = [f for f in ("dataset_info.json", "state.json")
+               if (path / f).exists() or os.path.islink(path / f)]
+    if not present:
+        raise DataError("is a folder but not one written by datasets' save_to_disk", source=name,
+                        reason="wrong_type")
+    if len(present) < 2:
+        missing = "state.json" if present == ["dataset_info.json"] else "dataset_info.json"
+        raise DataError(f"is a datasets folder without {missing}; save it again with save_to_disk",
+                        source=name, reason="malformed_file")
+    state = _folder_json(path, name, "state.json")
+    if not isinstance(state, dict) or not isinstance(files := state.get("_data_files"), list) or not files:
+        raise DataError("state.json lists no data files ('_data_files'); save the folder again with "
+                        "save_to_disk", source=name, reason="malformed_file")
+    for entry in files:
+        fname = entry.get("filename") if isinstance(entry, dict) else None
+        if (not isinstance(fname, str) or not fname or fname in (".", "..") or "/" in fname
+                or "\\" in fname or "\x00" in fname):
+            raise DataError(f"state.json names a data file {fname!r} that is not a plain file name in the "
+                            "folder; refusing to read it", source=name, reason="malformed_file")
+        _check_regular(path / fname, name, f"data file {fname!r}")
+    if not isinstance(_folder_json(path, name, "dataset_info.json"), dict):
+        raise DataError("dataset_info.json is not a JSON object; save the folder again with save_to_disk",
+                        source=name, reason="malformed_file")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a save_to_disk folder needs the 'datasets' package (pip install datasets)",
+                        source=name, reason="wrong_type") from None
+    try:
+        ds = datasets.load_from_disk(os.path.abspath(path))
+    except Exception as err:  # any failure inside datasets/pyarrow is a damaged folder to the user
+        raise DataError(f"not a readable datasets folder ({type(err).__name__}: {_first_line(err)})",
+                        source=name, reason="malformed_file") from None
+    return _open_dataset(ds, name)
+
+
+def _check_regular(path: Path, name: str, what: str) -> None:
+    st = _stat(path, name, what)
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{what} is {_kind_of_file(st.st_mode) if not stat.S_ISDIR(st.st_mode) else 'a folder'}, "
+                        "not a regular file; refusing to read it", source=name, reason="not_a_file")
+
+
+def _folder_json(path: Path, name: str, fname: str) -> Any:
+    raw = _read_regular(path / fname, name, fname)
+    try:
+        return _DECODER.decode(raw.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as err:
+        detail = err.msg if isinstance(err, json.JSONDecodeError) else _first_line(err) or type(err).__name__
+        line = f" at line {err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise DataError(f"{fname} is not valid JSON ({detail}{line}); the folder is damaged, save it again "
+                        "with save_to_disk", source=name, reason="malformed_file") from None
+
+
+_MEDIA = frozenset({"Image", "Audio", "Video", "Pdf", "Nifti", "Mesh", "BioSequence", "BioStructure"})
+
+
+def _media_columns(features: Any) -> list[tuple[str, str]]:
+    """(column, feature type) of every column holding a file-backed feature that decoding would open."""
+    found: list[tuple[str, str]] = []
+
+    def walk(f: Any, col: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            return
+        kind = type(f).__name__
+        if kind in _MEDIA or (kind != "Json" and hasattr(f, "decode_example") and hasattr(f, "decode")):
+            found.append((col, kind))
+        elif isinstance(f, Mapping):
+            for v in f.values():
+                walk(v, col, depth + 1)
+        elif isinstance(f, list | tuple):
+            for v in f:
+                walk(v, col, depth + 1)
+        elif hasattr(f, "feature"):
+            walk(f.feature, col, depth + 1)
+
+    for col, f in dict(features or {}).items():
+        walk(f, col, 0)
+    return found
+
+
+def _open_dataset(ds: Any, name: str) -> tuple[str, Iterable[tuple[Location, Any]]]:
+    if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):
+        splits = list(ds.keys()) if hasattr(ds, "keys") else []
+        raise DataError(f"this is a DatasetDict with splits {splits}; pass one split, e.g. ds[{splits[0]!r}]"
+                        if splits else f"can't read a {type(ds).__name__}", source=name, reason="wrong_type")
+    media = _media_columns(getattr(ds, "features", None))
+    if media:
+        col, kind = media[0]
+        cols = list(dict.fromkeys(c for c, _ in media))
+        raise DataError(f"column {col!r} is a datasets {kind} feature: reading it would open the files its rows "
+                        f"name, and prefkit reads text only; remove it first, e.g. ds.remove_columns({cols!r})",
+                        source=name, field=col, reason="media_column")
+    try:
+        if hasattr(ds, "with_format"):
+            ds = ds.with_format(None)  # plain Python values, whatever format the folder or caller set
+        return name, [(("row", i), row) for i, row in enumerate(ds)]
+    except Exception as err:  # a damaged Arrow file shows up while reading rows
+        raise DataError(f"can't read the dataset's rows ({type(err).__name__}: {_first_line(err)})",
+                        source=name, reason="malformed_file") from None
+
+
+def _parquet_rows(raw: bytes, name: str) -> list[tuple[Location, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(raw))
+        rows = table.to_pylist()
+    except (pa.ArrowException, OSError, ValueError, OverflowError, TypeError) as err:
+        raise DataError(f"not a readable Parquet file ({type(err).__name__}: {_first_line(err)})", source=name,
+                        reason="malformed_file") from None
+    return [(("row", i), row) for i, row in enumerate(rows)]
+
+
+# ---- JSON ------------------------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+class _HugeInt:
+    """An integer literal over Python's int-from-text digit limit (only made while locating one)."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return d
+
+
+def _int_or_huge(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return _HugeInt(text)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+_HUGE_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_int=_int_or_huge)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"(?:\s*:)?|[\[\]{}]')
+
+
+def _scan(text: str, pos: int) -> tuple[int, str | None]:
+    """End of the JSON value at ``pos``, and the top-level key under which it nests over MAX_DEPTH."""
+    depth, key, deep = 0, None, None
+    for m in _TOKEN.finditer(text, pos):
+        tok = m.group()
+        if tok[0] == '"':
+            if depth == 0:
+                return m.end(), None
+            if depth == 1 and tok[-1] == ":":
+                key = tok[1:tok.rindex('"')]
+        elif tok in "[{":
+            depth += 1
+            if depth > MAX_DEPTH and deep is None:
+                deep = key or ""
+        else:
+            depth -= 1
+            if depth <= 0:
+                return m.end(), deep
+    return len(text), deep
+
+
+def _deep_error(key: str | None) -> DataError:
+    what = f"field {key!r} is" if key else "the row is"
+    return DataError(f"{what} nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each other)",
+                     field=key or None, reason="too_deep")
+
+
+def _dup_error(key: str) -> DataError:
+    return DataError(f"duplicate key {key!r} in a JSON object (JSON would silently keep only the last value); "
+                     "remove or rename one", field=key, reason="duplicate_key")
+
+
+def _decode(text: str, pos: int) -> tuple[Any, int]:
+    """The JSON value at ``pos`` (or a DataError for a row-level problem) and its end.
+
+    Raises JSONDecodeError when the text is malformed.
+    """
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        raise
+    except _DuplicateKey as err:
+        return _dup_error(err.key), _scan(text, pos)[0]
+    except RecursionError:
+        end, key = _scan(text, pos)
+        return _deep_error(key), end
+    except ValueError:  # an integer over Python's int-from-text digit limit: find it
+        pass
+    try:
+        value, end = _HUGE_DECODER.raw_decode(text, pos)
+    except _DuplicateKey as err:
+        return _dup_error(err.key), _scan(text, pos)[0]
+    except RecursionError:
+        end, key = _scan(text, pos)
+        return _deep_error(key), end
+    hit = _find(value, lambda v: isinstance(v, _HugeInt))
+    if hit is None:
+        return DataError("holds a value Python can't read", reason="unreadable"), end
+    top, path, huge = hit
+    where = f" (at {path})" if path != top else ""
+    return DataError(f"field {top!r} holds an integer with {huge.digits} digits{where}, too large to use as a "
+                     "number", field=top, reason="out_of_range"), end
+
+
+def _find(value: Any, test: Any) -> tuple[str, str, Any] | None:
+    """(top-level key, path, value) of the first value (or key) inside a row for which ``test`` holds."""
+    stack: list[tuple[Any, str, str]] = [(value, "", "")]
+    while stack:
+        v, top, path = stack.pop()
+        if test(v):
+            return top or path, path, v
+        if isinstance(v, dict):
+            for k, x in reversed(v.items()):
+                t = top or str(k)
+                if test(k):
+                    return t, f"{path}.{k}" if path else str(k), k
+                stack.append((x, t, f"{path}.{k}" if path else str(k)))
+        elif isinstance(v, list):
+            stack.extend((x, top, f"{path}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def _bad_byte(char: str) -> str:
+    """The byte a lone surrogate stands for after decoding with ``surrogateescape``."""
+    code = ord(char)
+    return f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else "a bad byte sequence"
+
+
+def _surrogate(v: Any) -> bool:
+    return isinstance(v, str) and bad_unicode(v) is not None
+
+
+def _text_checked(value: Any, raw: str, bad_bytes: bool) -> Any:
+    """``value`` (parsed from ``raw``), or a DataError when ``raw`` held bad bytes or lone surrogates."""
+    if bad_bytes and not raw.isascii():
+        m = _SURROGATES.search(raw)
+        if m is not None:
+            i, what = m.start(), _bad_byte(m.group())
+            hit = None if isinstance(value, DataError) else _find(value, _surrogate)
+            if hit:
+                top, path, _ = hit
+                where = f" at {path}" if path != top else ""
+                return DataError(f"field {top!r} is not valid UTF-8 text ({what}{where}); save the file as UTF-8",
+                                 field=top, reason="encoding")
+            return DataError(f"not valid UTF-8 text ({what} at character {i + 1}); save the file as UTF-8",
+                             reason="encoding")
+    if isinstance(value, DataError):
         return value
-    return DataError(f"expected a JSON object per row, got {type(value).__name__}", reason="wrong_type")
+    if "\\ud" in raw or "\\uD" in raw:
+        hit = _find(value, _surrogate)
+        if hit:
+            top, path, s = hit
+            why = bad_unicode(s)
+            where = f" (at {path})" if path != top else ""
+            return DataError(f"field {top!r} holds invalid Unicode: {why}{where}; a \\u escape for a lone "
+                             "surrogate is not text any tokenizer can encode", field=top, reason="encoding")
+    if not isinstance(value, dict):
+        return DataError(f"expected a JSON object per row, got {type(value).__name__}", reason="wrong_type")
+    return value
 
 
-def _jsonl_rows(text: str) -> Iterator[tuple[Location, Any]]:
+def _json_rows(text: str, name: str, bad_bytes: bool, *, array_first: bool) -> Iterable[tuple[Location, Any]]:
+    """JSON Lines, or one JSON document (an array of rows, or one row object) spanning lines."""
+    start = len(text) - len(text.lstrip())
+    if start >= len(text):
+        return []
+    nl = text.find("\n", start)
+    first = text[start: nl if nl >= 0 else len(text)].strip()
+    if text[start] == "[" and (array_first or first == "["):
+        return _json_array_rows(text, name, bad_bytes, start)
+    if first in ("[", "{"):
+        return _json_document_rows(text, name, bad_bytes, start)
+    try:
+        _DECODER.decode(first)
+        return _jsonl_rows(text, bad_bytes)  # the first line is a JSON value of its own: JSON Lines
+    except (ValueError, RecursionError):
+        pass
+    try:
+        value, end = _decode(text, start)
+        if text[end:].strip():
+            return _jsonl_rows(text, bad_bytes)
+    except (json.JSONDecodeError, RecursionError):
+        return _jsonl_rows(text, bad_bytes)  # malformed either way: report it line by line
+    if text[start] == "[":
+        return _json_array_rows(text, name, bad_bytes, start)
+    return _json_document_rows(text, name, bad_bytes, start)
+
+
+def _jsonl_rows(text: str, bad_bytes: bool) -> Iterator[tuple[Location, Any]]:
     for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside strings
-        if not line.strip():
+        if not line or line.isspace():
             continue
+        pos = 0 if line[0] not in " \t\r\f\v" else len(line) - len(line.lstrip())
         try:
-            yield ("line", n), _as_object(json.loads(line))
+            value, end = _decode(line, pos)
+            if end != len(line) and not line[end:].isspace():
+                raise json.JSONDecodeError("Extra data", line, end)
         except json.JSONDecodeError as err:
-            yield ("line", n), DataError(f"malformed JSON ({err.msg} at column {err.colno})",
-                                         reason="malformed_json")
+            value = DataError(f"malformed JSON ({err.msg} at column {err.colno})", reason="malformed_json")
+        yield ("line", n), _text_checked(value, line, bad_bytes)
 
 
-def _json_array_rows(text: str, name: str) -> list[tuple[Location, Any]]:
-    decoder = json.JSONDecoder()
+def _json_document_rows(text: str, name: str, bad_bytes: bool, start: int) -> list[tuple[Location, Any]]:
+    """One pretty-printed JSON object: one row (a wrapper such as ``{"data": [...]}`` is refused)."""
+    line = text.count("\n", 0, start) + 1
+    try:
+        value, end = _decode(text, start)
+    except json.JSONDecodeError as err:
+        raise DataError(f"malformed JSON ({err.msg} at line {err.lineno} column {err.colno}); the file holds one "
+                        "JSON document spanning lines", source=name, line=err.lineno,
+                        reason="malformed_json") from None
+    if text[end:].strip():
+        raise DataError("malformed JSON (extra data after the JSON object); expected a JSON array of row "
+                        "objects, or JSON Lines (one object per line)", source=name,
+                        line=text.count("\n", 0, end) + 1, reason="malformed_json")
+    if isinstance(value, dict) and not value.keys() & (_KNOWN | ALIASES.keys()):
+        wrapped = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if wrapped:
+            raise DataError(f"holds one JSON object whose {wrapped[0]!r} is a list of objects, not rows; save "
+                            f"that list itself (a JSON array of row objects) or JSON Lines", source=name,
+                            reason="wrong_type")
+    return [(("line", line), _text_checked(value, text[start:end], bad_bytes))]
+
+
+def _json_array_rows(text: str, name: str, bad_bytes: bool, start: int) -> list[tuple[Location, Any]]:
     rows: list[tuple[Location, Any]] = []
-    pos = text.index("[") + 1
+    check = bad_bytes or "\\ud" in text or "\\uD" in text
+    counted, line = 0, 1
+
+    def line_at(p: int) -> int:  # positions only grow: count newlines once
+        nonlocal counted, line
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
 
     def skip(p: int) -> int:
         while p < len(text) and text[p] in " \t\r\n":
@@ -308,18 +788,21 @@ def _json_array_rows(text: str, name: str) -> list[tuple[Location, Any]]:
         return DataError(f"malformed JSON ({msg}); rows after it can't be read", source=name,
                          line=text.count("\n", 0, p) + 1, reason="malformed_json")
 
-    pos = skip(pos)
+    pos = skip(start + 1)
     if pos < len(text) and text[pos] == "]":
+        if skip(pos + 1) != len(text):
+            raise fail(skip(pos + 1), "extra data after the array")
         return rows
     while True:
         pos = skip(pos)
-        line = text.count("\n", 0, pos) + 1
         try:
-            value, pos = decoder.raw_decode(text, pos)
+            value, end = _decode(text, pos)
         except json.JSONDecodeError as err:
             raise fail(err.pos, err.msg) from None
-        rows.append((("line", line), _as_object(value)))
-        pos = skip(pos)
+        if check or not isinstance(value, dict):
+            value = _text_checked(value, text[pos:end], bad_bytes)
+        rows.append((("line", line_at(pos)), value))
+        pos = skip(end)
         if pos < len(text) and text[pos] == ",":
             pos += 1
             continue
@@ -330,39 +813,91 @@ def _json_array_rows(text: str, name: str) -> list[tuple[Location, Any]]:
         raise fail(pos, "expected ',' or ']'")
 
 
+# ---- CSV -------------------------------------------------------------------------------------------
+
+
 class _CsvRow(dict):
     """A CSV row: its cells are text, parsed by field in ``row_to_records``."""
 
+    notice: str | None = None  # a warning about this row (a cell that may have swallowed rows)
 
-def _csv_rows(text: str) -> Iterator[tuple[Location, Any]]:
+
+def _csv_rows(text: str, name: str, bad_bytes: bool) -> Iterator[tuple[Location, Any]]:
     csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    src = io.StringIO(text, newline="")
+    reader = csv.reader(src, strict=True)
     try:
         header = next(reader)
     except StopIteration:
         return
-    start = reader.line_num + 1
-    for cells in reader:
-        loc = ("line", start)
-        start = reader.line_num + 1
-        if not any(c.strip() for c in cells):
+    except csv.Error as err:
+        raise DataError(f"can't read the CSV header ({err})", source=name, line=1, reason="malformed_csv") from None
+    first: dict[str, int] = {}
+    for i, col in enumerate(header):
+        if col in first:
+            raise DataError(f"the header names column {col!r} twice (columns {first[col] + 1} and {i + 1}); "
+                            "rename one", source=name, line=1, field=col, reason="duplicate_column")
+        first[col] = i
+    width = len(header)
+    base, start, warned = 0, reader.line_num + 1, False
+    while True:
+        pos = src.tell()
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            reached = base + reader.line_num
+            src.seek(pos)
+            bad_line = src.readline()  # the rest is read again, from the next line on
+            yield ("line", start), _bad_quote(bad_line, header, err, start, reached)
+            base, reader = start, csv.reader(src, strict=True)
+            start = base + 1
             continue
-        if len(cells) > len(header):
-            yield loc, DataError(f"row has {len(cells)} cells but the header has {len(header)}",
-                                 reason="wrong_type")
+        loc, end = ("line", start), base + reader.line_num
+        start = end + 1
+        if not "".join(cells).strip():
             continue
-        yield loc, _CsvRow(zip(header, cells, strict=False))
+        if len(cells) > width:
+            yield loc, DataError(f"row has {len(cells)} cells but the header has {width}", reason="wrong_type")
+            continue
+        if bad_bytes:
+            bad = next(((c, m) for c, v in zip(header, cells, strict=False) if (m := _SURROGATES.search(v))), None)
+            if bad:
+                col, m = bad
+                yield loc, DataError(f"field {col!r} is not valid UTF-8 text ({_bad_byte(m.group())} at character "
+                                     f"{m.start() + 1}); save the file as UTF-8", field=col, reason="encoding")
+                continue
+        row = _CsvRow(zip(header, cells, strict=False))
+        if end > loc[1] and not warned:
+            row.notice = _swallowed(row, width, end)
+            warned = row.notice is not None
+        yield loc, row
 
 
-def _parquet_rows(raw: bytes, name: str) -> list[tuple[Location, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _bad_quote(line: str, header: list[str], err: csv.Error, start: int, reached: int) -> DataError:
+    cells = next(csv.reader([line.rstrip("\r\n")]), [])
+    col = header[len(cells) - 1] if 0 < len(cells) <= len(header) else None
+    cell = f" in column {col!r}" if col else ""
+    runs = f", and it runs on to line {reached}" if reached > start else ""
+    return DataError(f"unbalanced quote: the quoted cell{cell} that starts on this line is not closed properly "
+                     f"({err}{runs}); the lines after it are read as rows of their own. Close the quote, and "
+                     'write a quote inside a quoted cell as ""', field=col, reason="unbalanced_quote")
 
-    try:
-        table = pq.read_table(pa.BufferReader(raw))
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"not a readable Parquet file ({err})", source=name, reason="malformed_file") from None
-    return [(("row", i), row) for i, row in enumerate(table.to_pylist())]
+
+def _swallowed(row: Mapping[str, str], width: int, end: int) -> str | None:
+    """A warning when a cell spanning lines holds lines that look like CSV rows of this file."""
+    if width < 2:
+        return None
+    for col, cell in row.items():
+        if "\n" not in cell:
+            continue
+        rest = [x for x in cell.replace("\r\n", "\n").split("\n")[1:] if x.strip()]
+        if rest and all(x.count(",") == width - 1 for x in rest):
+            return (f"the cell in column {col!r} spans lines up to line {end} and holds {len(rest)} line(s) that "
+                    f"look like rows of this file ({width} cells each); if a quote was left open, they were "
+                    "swallowed into this cell")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,6 +906,14 @@ def _parquet_rows(raw: bytes, name: str) -> list[tuple[Location, Any]]:
 
 def _canonical(col: str, mapping: Mapping[str, str]) -> str:
     return mapping.get(col, ALIASES.get(col, col))
+
+
+def _column_for(field: str, mapping: Mapping[str, str]) -> str | None:
+    """The column of a row that gives ``field`` (``mapping``: theirs -> ours), or None."""
+    theirs = [c for c, ours in mapping.items() if ours == field]
+    if theirs:
+        return theirs[0]
+    return field if _canonical(field, mapping) == field else None
 
 
 def _check_columns(columns: Mapping[str, str] | None, items: list[tuple[Location, Any]],
@@ -402,6 +945,28 @@ def _err(field: str, message: str, reason: str) -> DataError:
     return DataError(f"field {field!r} {message}", field=field, reason=reason)
 
 
+def _json_text(text: str, field: str) -> Any:
+    """A value given as JSON text (a CSV cell, a Parquet metadata string); errors name ``field``."""
+    try:
+        value, end = _decode(text, len(text) - len(text.lstrip()))
+        if text[end:].strip():
+            raise json.JSONDecodeError("Extra data", text, end)
+    except json.JSONDecodeError as err:
+        raise _err(field, f"is not valid JSON ({err.msg})", "malformed_json") from None
+    if isinstance(value, DataError):
+        if value.reason == "too_deep":
+            raise _err(field, f"is nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each "
+                              "other)", "too_deep")
+        raise DataError(f"field {field!r} (JSON text): {value.message}", field=field, reason=value.reason)
+    if "\\ud" in text or "\\uD" in text:
+        hit = _find(value, _surrogate)
+        if hit:
+            path = field + (hit[1] if hit[1].startswith("[") else f".{hit[1]}" if hit[1] else "")
+            where = f" (at {path})" if path != field else ""
+            raise _err(field, f"holds invalid Unicode: {bad_unicode(hit[2])}{where}", "encoding")
+    return value
+
+
 def _from_text(field: str, value: Any) -> Any:
     """Parse a CSV cell by field (text stays text unless it holds a JSON message list)."""
     if not isinstance(value, str):
@@ -409,24 +974,27 @@ def _from_text(field: str, value: Any) -> Any:
     if field in _TEXT:
         if value.lstrip().startswith("["):
             try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                return value
+                parsed = _json_text(value, field)
+            except DataError as err:
+                if err.reason == "malformed_json":
+                    return value  # plain text that happens to start with "["
+                raise
             if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and "role" in m for m in parsed):
                 return parsed
         return value
     if value == "":
         return None
     if field in _JSON:
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as err:
-            raise _err(field, f"is not valid JSON ({err.msg})", "malformed_json") from None
+        return _json_text(value, field)
     if field in _NUMBER:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            raise _err(field, f"must be a number, got {value!r}", "wrong_type") from None
+            raise _err(field, f"must be a number, got {_short(value)}", "wrong_type") from None
+        if number - number != 0 and value.strip().lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+            raise _err(field, f"is too large to use as a number ({_short(value)}; the largest is about 1.8e308)",
+                       "out_of_range")
+        return number
     if field in _BOOL:
         low = value.strip().lower()
         if low in _TRUE or low in _FALSE:
@@ -443,30 +1011,86 @@ def row_to_records(row: Mapping[str, Any], *, format: str = "auto", columns: Map
     extras: dict[str, Any] = {}
     nulls: set[str] = set()
     for col, value in row.items():
-        key = _canonical(col, mapping)
+        key = mapping.get(col, ALIASES.get(col, col))
         if from_text:
             value = _from_text(key, value)
         if value is None:
             nulls.add(key)
-        elif key in KNOWN_FIELDS:
+        elif key in _KNOWN:
+            if key in fields and not _same(fields[key], value):
+                other = next(c for c in row if c != col and _canonical(c, mapping) == key)
+                raise DataError(f"columns {other!r} and {col!r} both give field {key!r}, with different values; "
+                                "keep one (or map one elsewhere with columns=)", field=key, reason="duplicate_column")
             fields[key] = value
         else:
             extras[col] = value
     kind = _detect(fields, nulls, list(row)) if format == "auto" else format
+    if format == "auto" and not fields.keys() <= _USES[kind]:
+        _unused(kind, fields)
     if kind == "ultrafeedback" or (isinstance(fields.get("source"), str) and not is_source(fields["source"])):
         src = fields.pop("source", None)  # the origin data set, not who gave the feedback
         if src is not None:
+            if "dataset_source" in extras and extras["dataset_source"] != src:
+                raise _err("dataset_source", "is a column, but 'source' holds a data set name that would go "
+                                             "there too; rename one", "duplicate_column")
             extras["dataset_source"] = src
     common = _common(fields, extras)
     if kind in ("pair", "hh"):
-        return [_pair(fields, nulls, common, hh_text=kind == "hh")]
-    if kind == "unpaired":
-        return [_unpaired(fields, nulls, common)]
-    if kind == "rating":
-        return [_rating(fields, nulls, common)]
-    if kind == "ultrafeedback":
-        return _ultrafeedback(fields, nulls, common)
-    return [_ranking(fields, nulls, common)]
+        out: list[Record] = [_pair(fields, nulls, common, hh_text=kind == "hh")]
+    elif kind == "unpaired":
+        out = [_unpaired(fields, nulls, common)]
+    elif kind == "rating":
+        out = [_rating(fields, nulls, common)]
+    elif kind == "ultrafeedback":
+        out = _ultrafeedback(fields, nulls, common)
+    else:
+        out = [_ranking(fields, nulls, common)]
+    if format != "auto" and not fields.keys() <= _USES[kind]:
+        _unused(kind, fields)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError, ArithmeticError):  # numpy arrays, signaling NaNs...
+        return False
+
+
+_OPTIONAL = frozenset({"system", *COMMON_FIELDS})
+_USES: dict[str, frozenset[str]] = {  # the fields each layout reads; any other known field is an error
+    "pair": frozenset({"prompt", "chosen", "rejected", "tie"}) | _OPTIONAL,
+    "hh": frozenset({"prompt", "chosen", "rejected", "tie"}) | _OPTIONAL,
+    "unpaired": frozenset({"prompt", "completion", "response", "label", "desirable"}) | _OPTIONAL,
+    "rating": frozenset({"prompt", "response", "completion", "score", "attributes", "scale"}) | _OPTIONAL,
+    "ultrafeedback": frozenset({"prompt", "completions", "scale"}) | _OPTIONAL,
+    "ranking": frozenset({"prompt", "responses", "ranks", "scores", "tie_groups"}) | _OPTIONAL,
+}
+_SIGNS: dict[str, tuple[str, ...]] = {  # the fields that mark a layout (as ``_detect`` reads them)
+    "ultrafeedback": ("completions",),
+    "ranking": ("responses", "ranks", "scores", "tie_groups"),
+    "pair": ("chosen", "rejected"),
+    "unpaired": ("label", "desirable"),
+    "rating": ("score", "attributes"),
+}
+
+
+def _unused(kind: str, fields: Mapping[str, Any]) -> None:
+    """Raise for the known fields a ``kind`` row does not read: nothing is dropped silently."""
+    extra = [f for f in fields if f not in _USES[kind]]
+    base = "pair" if kind == "hh" else kind
+    others = [k for k, sign in _SIGNS.items() if k != base and any(f in sign for f in extra)]
+    if others:
+        def cols(k: str) -> str:
+            return ", ".join(f for f in _SIGNS[k] if f in fields) or "/".join(_SIGNS[k])
+
+        other = others[0]
+        first = next(f for f in extra if f in _SIGNS[other])
+        raise DataError(f"row fits two layouts: {kind} ({cols(base)}) and {other} ({cols(other)}); keep the "
+                        f"columns of one (or rename the others to keep them in metadata)", field=first,
+                        reason="two_layouts")
+    raise _err(extra[0], f"has no place in a {kind} row (it is not read, so it would be lost); remove it, or "
+                         "rename it to keep it in metadata", "unused_field")
 
 
 _LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -516,20 +1140,62 @@ def _common(fields: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
     for key in ("id", "user_id", "annotator_id"):
         if key in fields:
             v = fields[key]
-            out[key] = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            if isinstance(v, int) and not isinstance(v, bool):
+                try:
+                    v = str(v)
+                except ValueError:  # over Python's int -> text digit limit
+                    raise _err(key, "is an integer too long to use as an id", "out_of_range") from None
+            out[key] = v
     for key in ("strength", "weight", "rationale", "source"):
         if key in fields:
             out[key] = fields[key]
     meta = fields.get("metadata", {})
     if isinstance(meta, str):  # Parquet files we write hold metadata as a JSON string
         try:
-            meta = json.loads(meta)
-        except json.JSONDecodeError:
+            meta = _json_text(meta, "metadata")
+        except DataError as err:
+            if err.reason != "malformed_json":
+                raise
             raise _err("metadata", "is not a JSON object", "wrong_type") from None
     if not isinstance(meta, Mapping):
         raise _err("metadata", f"must be an object, got {type(meta).__name__}", "wrong_type")
-    out["metadata"] = {**meta, **extras}
+    if meta:
+        if _too_deep(meta):
+            raise _err("metadata", f"is nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each "
+                                   "other)", "too_deep")
+        if extras and not meta.keys().isdisjoint(extras):
+            key = next(k for k in extras if k in meta)
+            raise _err(key, f"is both a column and a key of 'metadata' (metadata[{key!r}]); rename one",
+                       "duplicate_column")
+    for col, v in extras.items():
+        if isinstance(v, dict | list) and _too_deep(v):
+            raise _err(col, f"is nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each other)",
+                       "too_deep")
+    out["metadata"] = {**meta, **extras} if extras else dict(meta)
     return out
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when lists/objects sit more than ``limit`` levels inside each other (no recursion)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        nxt = []
+        for v in level:
+            items = v.values() if isinstance(v, Mapping) else v
+            nxt.extend(x for x in items if isinstance(x, Mapping | list | tuple))
+        level = nxt
+    return False
+
+
+def _chat_or_text(value: Any, field: str) -> None:
+    """A list holding anything but chat messages is named as such (not as a later mismatch)."""
+    for i, m in enumerate(value):
+        if not isinstance(m, Mapping | Message):
+            raise _err(field, f"must be text or a list of chat messages ({{'role', 'content'}} objects), but "
+                              f"message {i} is {type(m).__name__} {_short(m, 40)}", "wrong_type")
 
 
 def _with_system(prompt: Any, fields: Mapping[str, Any]) -> Any:
@@ -577,6 +1243,15 @@ def _check_chat_not_empty(value: Any, field: str) -> None:
         raise _err(field, "is empty", "empty")
 
 
+def _hh_messages(text: str, field: str) -> tuple[Message, ...]:
+    try:
+        return hh.parse(text, field)
+    except DataError as err:
+        if err.field != "content":
+            raise
+        raise _err(field, err.message.removeprefix("content "), err.reason) from None
+
+
 def _pair(fields: dict[str, Any], nulls: set[str], common: dict[str, Any], *, hh_text: bool) -> Pair:
     chosen = _need(fields, nulls, "chosen", "pair")
     rejected = _need(fields, nulls, "rejected", "pair")
@@ -586,7 +1261,7 @@ def _pair(fields: dict[str, Any], nulls: set[str], common: dict[str, Any], *, hh
         hh_original = (chosen, rejected)
         if chosen == rejected:
             raise _err("rejected", "is identical to 'chosen'", "identical")
-        a, b = hh.parse(chosen, "chosen"), hh.parse(rejected, "rejected")
+        a, b = _hh_messages(chosen, "chosen"), _hh_messages(rejected, "rejected")
         n = _message_prefix(list(a), list(b))
         if n == 0:
             raise DataError("'chosen' and 'rejected' dialogues share no first turn (no implicit prompt)",
@@ -610,6 +1285,8 @@ def _pair(fields: dict[str, Any], nulls: set[str], common: dict[str, Any], *, hh
                                 "prompt; add a 'prompt' column", field="prompt", reason="no_common_prefix")
             chosen, rejected = chosen[len(prompt):], rejected[len(prompt):]
         elif isinstance(chosen, list | tuple) and isinstance(rejected, list | tuple):
+            _chat_or_text(chosen, "chosen")
+            _chat_or_text(rejected, "rejected")
             n = _message_prefix(list(chosen), list(rejected))
             if n == 0:
                 raise DataError("'chosen' and 'rejected' message lists share no first message, so there is "
@@ -624,6 +1301,8 @@ def _pair(fields: dict[str, Any], nulls: set[str], common: dict[str, Any], *, hh
         if (isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected
                 and _role(chosen[0]) != "assistant" and _role(rejected[0]) != "assistant"):
             # UltraFeedback-binarized style: text prompt + whole conversations as chosen/rejected
+            _chat_or_text(chosen, "chosen")
+            _chat_or_text(rejected, "rejected")
             n = _message_prefix(chosen, rejected)
             if n == 0:
                 raise DataError("'chosen' and 'rejected' conversations share no first message",
@@ -704,7 +1383,7 @@ def _aspect_value(name: str, value: Any) -> float | None:
 
 def _ultrafeedback(fields: dict[str, Any], nulls: set[str], common: dict[str, Any]) -> list[Rating]:
     prompt = _with_system(_need(fields, nulls, "prompt", "rating"), fields)
-    completions = fields["completions"]
+    completions = _need(fields, nulls, "completions", "ultrafeedback")
     if not isinstance(completions, list) or not completions:
         raise _err("completions", "must be a non-empty list of objects", "wrong_type")
     out = []
@@ -739,6 +1418,26 @@ def _ultrafeedback(fields: dict[str, Any], nulls: set[str], common: dict[str, An
     return out
 
 
+def _integers(values: Any, field: str) -> list[int]:
+    """Whole numbers (``2`` or ``2.0``); anything else is named (not reported as a bad permutation)."""
+    out = []
+    for v in values:
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            out.append(int(v))
+            continue
+        if isinstance(v, numbers.Real | Decimal) and not isinstance(v, bool):
+            try:
+                whole = float(v).is_integer()
+            except OverflowError:
+                whole = False
+            if whole:
+                out.append(int(v))
+                continue
+            raise _err(field, f"must be integers (1 = best), got {_short(v)}", "wrong_type")
+        raise _err(field, f"must be integers (1 = best), got {type(v).__name__} {_short(v)}", "wrong_type")
+    return out
+
+
 def _ranking(fields: dict[str, Any], nulls: set[str], common: dict[str, Any]) -> Ranking:
     prompt = _with_system(_need(fields, nulls, "prompt", "ranking"), fields)
     responses = _need(fields, nulls, "responses", "ranking")
@@ -750,16 +1449,12 @@ def _ranking(fields: dict[str, Any], nulls: set[str], common: dict[str, Any]) ->
         if values is not None and (not isinstance(values, list | tuple) or len(values) != k):
             raise _err(name, f"must be a list of {k} values (one per response)", "wrong_type")
     if scores is not None:
-        for i, s in enumerate(scores):
-            if isinstance(s, bool) or not isinstance(s, int | float):
-                raise _err(f"scores[{i}]", f"must be a number, got {type(s).__name__} {s!r}", "wrong_type")
-            if not math.isfinite(s):
-                raise _err(f"scores[{i}]", f"must be finite, got {s}", "non_finite")
+        scores = [_number(s, f"scores[{i}]") for i, s in enumerate(scores)]
     order = list(range(k))
     derived = False  # tie groups computed here from equal scores (already in sorted order)
     if ranks is not None:
-        if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks) or (
-                sorted(ranks) != list(range(1, k + 1)) and sorted(ranks) != list(range(k))):
+        ranks = _integers(ranks, "ranks")
+        if sorted(ranks) != list(range(1, k + 1)) and sorted(ranks) != list(range(k)):
             raise _err("ranks", f"{list(ranks)} is not a permutation of 1..{k} (or 0..{k - 1}); mark ties "
                                 "with tie_groups or use scores", "bad_ranks")
         order = sorted(range(k), key=lambda i: ranks[i])

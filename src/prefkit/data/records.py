@@ -18,8 +18,11 @@ Lists and ``{"role", "content"}`` dicts are accepted and converted to tuples of 
 
 Validation in ``__post_init__`` raises ``prefkit.errors.DataError`` naming the field; readers add the
 source and line. What is checked here: types, roles, empty or whitespace-only text (prompt, text
-completions, an all-empty chat prompt), non-finite numbers, value ranges, identical alternatives, ranks
-and tie groups. An assistant *message* may have empty content (HH-RLHF has rows whose final assistant
+completions, an all-empty chat prompt), text that is not valid Unicode (a lone surrogate such as
+``"\\ud800"``, which no tokenizer can encode), messages with keys other than ``role`` and ``content``
+(``tool_calls``, ``name``...: refused, never dropped; a null or empty value counts as absent), numbers
+(any real number, ``decimal.Decimal`` included; non-finite or too large for a float is an error), value
+ranges, identical alternatives, ranks and tie groups. An assistant *message* may have empty content (HH-RLHF has rows whose final assistant
 turn is blank); readers decide whether that is an error (see ``prefkit.data.readers``).
 
 Every record takes the same keyword-only optional fields: ``id``, ``strength`` (a margin, or a soft
@@ -33,8 +36,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, get_args
 
 from prefkit.errors import DataError, did_you_mean
@@ -42,6 +47,26 @@ from prefkit.errors import DataError, did_you_mean
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = get_args(Role)
 SOURCES: tuple[str, ...] = ("human", "implicit", "ai:MODEL", "rm:MODEL")
+MESSAGE_KEYS = ("role", "content")
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def bad_unicode(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (``"a lone surrogate '\\ud800' at character 3"``), or None."""
+    if text.isascii():
+        return None
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    return f"a lone surrogate '\\u{ord(m.group()):04x}' at character {m.start() + 1}"
+
+
+def _check_unicode(text: str, fld: str) -> None:
+    why = bad_unicode(text)
+    if why:
+        raise DataError(f"field {fld!r} holds invalid Unicode: {why} (text must be valid UTF-8; a bad "
+                        "\\u escape or bad bytes in the file give this)", field=fld, reason="encoding")
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,11 @@ class Message:
         if not isinstance(self.content, str):
             raise DataError(f"message content must be a string, got {type(self.content).__name__}",
                             field="content", reason="wrong_type")
+        if not self.content.isascii():
+            why = bad_unicode(self.content)
+            if why:
+                raise DataError(f"content holds invalid Unicode: {why} (text must be valid UTF-8)",
+                                field="content", reason="encoding")
 
 
 Prompt = str | tuple[Message, ...]
@@ -92,6 +122,10 @@ def _err(fld: str, message: str, reason: str) -> DataError:
     return DataError(f"field {fld!r} {message}", field=fld, reason=reason)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | tuple | Mapping) and not value)
+
+
 def _messages(value: Sequence[Any], fld: str) -> tuple[Message, ...]:
     out = []
     for i, m in enumerate(value):
@@ -99,11 +133,16 @@ def _messages(value: Sequence[Any], fld: str) -> tuple[Message, ...]:
             out.append(m)
             continue
         if not isinstance(m, Mapping):
-            raise _err(fld, f"message {i} must be a {{'role', 'content'}} object, got {type(m).__name__}",
-                       "wrong_type")
-        missing = [k for k in ("role", "content") if k not in m]
-        if missing:
-            raise _err(fld, f"message {i} has no {missing[0]!r}", "missing_field")
+            raise _err(fld, f"must be text or a list of chat messages ({{'role', 'content'}} objects), but "
+                            f"message {i} is {type(m).__name__} {_short(m, 40)}", "wrong_type")
+        if "role" not in m or "content" not in m:
+            raise _err(fld, f"message {i} has no {'role' if 'role' not in m else 'content'!r}", "missing_field")
+        if len(m) != 2:
+            extra = [k for k in m if k not in MESSAGE_KEYS and not _empty(m[k])]
+            if extra:
+                raise _err(fld, f"message {i} has key {extra[0]!r}, which prefkit can't keep (a message holds "
+                                "only 'role' and 'content'); remove it or put what it says into 'content'",
+                           "unknown_key")
         try:
             out.append(Message(m["role"], m["content"]))
         except DataError as err:
@@ -116,6 +155,8 @@ def _text_or_messages(value: Any, fld: str) -> str | tuple[Message, ...]:
     if isinstance(value, str):
         if not value.strip():
             raise _err(fld, "is empty", "empty")
+        if not value.isascii():
+            _check_unicode(value, fld)
         return value
     if isinstance(value, tuple | list):
         if not value:
@@ -155,17 +196,48 @@ def _same_kind(prompt: Prompt, completions: Sequence[Completion], names: Sequenc
 
 
 def _number(value: Any, fld: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real
-        raise _err(fld, f"must be a number, got {type(value).__name__} {value!r}", "wrong_type")
-    v = float(value)
+    """``value`` as a finite float: any real number (int, float, numpy scalar, ``Decimal``...)."""
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+        raise _err(fld, f"must be finite, got {value}", "non_finite")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | Decimal):  # numpy scalars are Real
+        raise _err(fld, f"must be a number, got {type(value).__name__} {_short(value)}", "wrong_type")
+    if isinstance(value, Decimal) and value.is_nan():
+        raise _err(fld, "must be finite, got nan", "non_finite")
+    try:
+        v = float(value)
+    except OverflowError:
+        raise _err(fld, f"is too large to use as a number ({_magnitude(value)})", "out_of_range") from None
     if not math.isfinite(v):
+        if isinstance(value, Decimal) and value.is_finite():
+            raise _err(fld, f"is too large to use as a number ({_magnitude(value)})", "out_of_range")
         raise _err(fld, f"must be finite, got {v}", "non_finite")
     return v
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _magnitude(value: Any) -> str:
+    """``"a 400-digit integer"`` or ``"1E+400"``: a huge number described without printing it all."""
+    if isinstance(value, numbers.Integral):
+        try:
+            digits = len(str(abs(int(value))))
+        except ValueError:  # over the int -> str digit limit
+            return "an integer with thousands of digits; the largest number is about 1.8e308"
+        return f"a {digits}-digit integer; the largest number is about 1.8e308"
+    return f"{_short(value)}; the largest number is about 1.8e308"
+
+
 def _opt_str(value: Any, fld: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _err(fld, f"must be a string, got {type(value).__name__}", "wrong_type")
+    if value is not None:
+        if not isinstance(value, str):
+            raise _err(fld, f"must be a string, got {type(value).__name__}", "wrong_type")
+        if not value.isascii():
+            _check_unicode(value, fld)
     return value
 
 
@@ -184,7 +256,11 @@ def is_source(value: Any) -> bool:
 
 
 def _check_source(value: Any) -> None:
-    if value is None or is_source(value):
+    if value is None:
+        return
+    if is_source(value):
+        if not value.isascii():
+            _check_unicode(value, "source")
         return
     if not isinstance(value, str):
         raise _err("source", f"must be a string, got {type(value).__name__}", "wrong_type")

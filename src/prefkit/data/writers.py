@@ -3,6 +3,10 @@
 ``load`` reads both back to equal records. JSONL keeps every value as JSON. Parquet needs one type per
 column, so ``metadata`` and ``attributes`` are stored as JSON strings (``load`` parses them back), and
 text and chat records can't share a column: write them to separate files.
+
+A record that can't be written (a value JSON can't hold, such as NaN or an object in ``metadata``; text
+that is not valid Unicode; values nested too deeply) raises ``DataError`` naming the output file and
+the record's index, never another exception.
 """
 
 from __future__ import annotations
@@ -30,16 +34,38 @@ def _dumps(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=_json_default, allow_nan=False)
 
 
+def _line(row: dict[str, Any], i: int, path: Path) -> str:
+    """One JSON line for record ``i``; a value JSON can't hold is a DataError naming the record."""
+    try:
+        return _dumps(row)
+    except RecursionError:
+        problem = "values nested too deeply"
+    except (TypeError, ValueError) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise DataError(f"record {i} can't be written as JSON ({problem})", source=str(path), reason="wrong_type")
+
+
+def _utf8(text: str, path: Path, first: int = 0) -> bytes:
+    """``text`` (JSON lines, record ``first`` on) as UTF-8; a lone surrogate is named by its record."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        i = first + text.count("\n", 0, err.start)
+        raise DataError(f"record {i} holds text that is not valid Unicode (a lone surrogate "
+                        f"'\\u{ord(text[err.start]):04x}'), which can't be written as UTF-8", source=str(path),
+                        reason="encoding") from None
+
+
 def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
     """Write one JSON object per line (gzip when ``path`` ends in ``.gz``); returns the row count."""
     path = Path(path)
+    lines = [_line(to_trl(r), i, path) for i, r in enumerate(records)]
+    data = _utf8("".join(line + "\n" for line in lines), path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [_dumps(to_trl(r)) for r in records]
-    text = "".join(line + "\n" for line in lines)
     if path.suffix == ".gz":
-        path.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
+        path.write_bytes(gzip.compress(data, mtime=0))
     else:
-        path.write_text(text, encoding="utf-8")
+        path.write_bytes(data)
     return len(lines)
 
 
@@ -48,11 +74,13 @@ def write_parquet(records: Iterable[Record], path: str | Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = Path(path)
     rows = [to_trl(r) for r in records]
-    for row in rows:
+    for i, row in enumerate(rows):
         for key in ("metadata", "attributes"):
             if key in row:
-                row[key] = _dumps(row[key])
+                row[key] = _line(row[key], i, path)
+        _utf8(_line(row, i, path), path, i)  # text a Parquet string column can't hold is named here
     columns = list(dict.fromkeys(k for row in rows for k in row))
     data = {c: [row.get(c) for row in rows] for c in columns}
     try:
@@ -60,7 +88,6 @@ def write_parquet(records: Iterable[Record], path: str | Path) -> int:
     except (pa.ArrowException, TypeError, ValueError) as err:
         raise DataError(f"can't write these records as Parquet ({err}); text and chat records (or other "
                         "mixed value types) need separate files", source=str(path), reason="wrong_type") from None
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return len(rows)

@@ -129,12 +129,10 @@ def lipo(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | Non
     psi = graded_labels(scores, s)  # (B, K)
     diff = s[:, :, None] - s[:, None, :]  # (B, K, K) s_i − s_j
     ordered = psi[:, :, None] > psi[:, None, :]  # (B, K, K) ψ_i > ψ_j
-    if form == "logistic":
-        pair_losses = F.softplus(-diff)  # (B, K, K)
-    elif form == "hinge":
+    if form == "hinge":
         pair_losses = torch.relu(delta - diff)  # (B, K, K)
-    else:
-        raise ValueError(f"lipo: form must be 'logistic' or 'hinge', got {form!r}")
+    else:  # "logistic"
+        pair_losses = F.softplus(-diff)  # (B, K, K)
     if weighting == "lambda":
         with torch.no_grad():
             gains = torch.exp2(psi) - 1  # (B, K)
@@ -146,8 +144,6 @@ def lipo(policy: ListLogps, reference: ListLogps | None, *, scores: Tensor | Non
                        * (discounts[:, :, None] - discounts[:, None, :]).abs())  # (B, K, K)
             weights = torch.where(ordered, weights, torch.zeros_like(weights))
         pair_losses = weights * pair_losses
-    elif weighting != "none":
-        raise ValueError(f"lipo: weighting must be 'lambda' or 'none', got {weighting!r}")
     losses = torch.where(ordered, pair_losses, torch.zeros_like(pair_losses)).sum((-2, -1))  # (B,)
     return _list_output(losses, s)
 

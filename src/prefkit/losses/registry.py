@@ -8,7 +8,10 @@ The registry itself is the dict literal in ``prefkit/losses/__init__.py``; nothi
 - ``validate_loss_params(name, params)``: called when a config is parsed; fills defaults, rejects
   unknown keys (naming the nearest), wrong types and out-of-range values, each with a one-line
   ``ConfigError``.
-- ``formula_of(spec)``: the "Formula:" section of the loss function's docstring.
+- ``formula_of(spec)`` / ``references_of(spec)``: the ``Formula:`` / ``References:`` section of the
+  loss function's docstring.
+- ``names_of(predicate)``, ``reward_losses()``, ``reference_free_pair_losses()``: sorted registry names
+  selected by their spec, for messages and checks that would otherwise list loss names by hand.
 - ``render_docs()``: the text of ``docs/losses.md``; regenerate it with ``prefkit losses --write-docs``
   or ``python -m prefkit.losses.registry --write-docs`` (``--check`` exits 1 when it is stale; runpy
   warns that the module was already imported by its package, which is harmless).
@@ -18,8 +21,17 @@ How a loss is called (the trainer's side of the contract): ``spec.fn(policy, ref
 ``"token_logps"`` (``strength``, ``ties``, ``labels``, ``scores``), and ``reference`` is None when
 ``spec.needs_reference`` is False.
 
-Docstring convention the CLI and docs read: a line ``Formula:`` (or ``Formula, with ...::``) followed by
-an indented block; failing that, the first ``::`` literal block (see ``formula_of``).
+Docstring format of every loss function (the CLI and docs read the first two sections)::
+
+    One-line summary.
+
+    Formula:
+        <the loss, as an indented block>
+
+    References:
+        <authors, "title", arXiv id, equation>
+
+    Prose; then Shapes:, Sign convention:, typical values, and Deviations from the paper:.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import inspect
 import math
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +119,7 @@ def _check_value(loss: str, key: str, param: Param, value: Any) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"loss {loss!r}: parameter {key!r} must be finite, got {value!r}")
-    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
+    if not param.admits(value):
         raise ConfigError(f"loss {loss!r}: parameter {key!r}={value!r} is out of range "
                           f"{_range(param)}")
     return value
@@ -132,13 +145,11 @@ def _range(param: Param) -> str:
         return "true | false"
     if param.low is None and param.high is None:
         return "any"
-    low = "-inf" if param.low is None else f"{param.low:g}"
-    high = "inf" if param.high is None else f"{param.high:g}"
-    return f"[{low}, {high}]"
+    return param.interval()
 
 
 def param_range(param: Param) -> str:
-    """The valid values of ``param`` in words: ``[0, inf]``, ``a | b`` or ``any``."""
+    """The valid values of ``param`` in words: ``[0, 0.5)``, ``(0, inf)``, ``a | b`` or ``any``."""
     return _range(param)
 
 
@@ -150,33 +161,42 @@ def summary_of(spec: LossSpec) -> str:
     return doc.splitlines()[0].strip() if doc else ""
 
 
-def _indented_block(lines: list[str], start: int) -> list[str]:
+def docstring_section(fn: Callable[..., object], title: str) -> str:
+    """The dedented block indented under the line ``{title}:`` of ``fn``'s docstring, or ``""``."""
+    lines = (inspect.getdoc(fn) or "").splitlines()
+    if f"{title}:" not in lines:
+        return ""
     block = []
-    for line in lines[start:]:
+    for line in lines[lines.index(f"{title}:") + 1:]:
         if line.strip() and not line.startswith((" ", "\t")):
             break
         block.append(line)
-    return block
+    return textwrap.dedent("\n".join(block)).strip("\n")
 
 
 def formula_of(spec: LossSpec) -> str:
-    """The formula section of the loss's docstring.
+    """The ``Formula:`` section of the loss function's docstring (``""`` when it has none)."""
+    return docstring_section(spec.fn, "Formula")
 
-    That is the indented block after a ``Formula...:`` line (any text between "Formula" and the colon,
-    e.g. ``Formula, with h = ...::``, is kept as the first line); else the first ``::`` literal block;
-    else the docstring without its summary line.
-    """
-    doc = inspect.getdoc(spec.fn) or ""
-    lines = doc.splitlines()
-    for i, line in enumerate(lines):
-        if line.lower().startswith("formula") and line.rstrip().endswith(":"):
-            header = line.rstrip().rstrip(":")[len("formula"):].strip(" ,;:")
-            block = textwrap.dedent("\n".join(_indented_block(lines, i + 1))).strip("\n")
-            return f"{header}\n\n{block}" if header else block
-    for i, line in enumerate(lines):
-        if not line.startswith((" ", "\t")) and line.rstrip().endswith("::"):
-            return textwrap.dedent("\n".join(_indented_block(lines, i + 1))).strip("\n")
-    return "\n".join(lines[1:]).strip() or summary_of(spec)
+
+def references_of(spec: LossSpec) -> str:
+    """The ``References:`` section of the loss function's docstring (``""`` when it has none)."""
+    return docstring_section(spec.fn, "References")
+
+
+def names_of(predicate: Callable[[LossSpec], object]) -> list[str]:
+    """Sorted names of the registered losses whose spec satisfies ``predicate``."""
+    return sorted(name for name, spec in _registry().items() if predicate(spec))
+
+
+def reward_losses() -> list[str]:
+    """Sorted names of the reward-model losses (kinds ``reward_pair``, ``reward_list``, ``reward_rating``)."""
+    return names_of(lambda spec: spec.kind.startswith("reward_"))
+
+
+def reference_free_pair_losses() -> list[str]:
+    """Sorted names of the pairwise policy losses that need no reference model."""
+    return names_of(lambda spec: spec.kind == "pair" and not spec.needs_reference)
 
 
 def paper_line(spec: LossSpec) -> str:
@@ -209,6 +229,9 @@ def render_docs() -> str:
         "detached rewards; the trainer reduces. Log-probs are log-likelihoods (higher = more likely) and",
         "every loss is minimised. `prefkit losses NAME` prints the same entry in a terminal.",
         "",
+        "Parameter defaults are the loss function's keyword defaults. The `valid` ranges are checked when a",
+        "config is parsed, and only there; a parenthesis excludes its bound, e.g. `[0, 0.5)`.",
+        "",
         "| name | kind | reference | extra inputs | summary | paper |",
         "|---|---|---|---|---|---|",
     ]
@@ -219,12 +242,18 @@ def render_docs() -> str:
                    f"{needs} | {_md(summary_of(spec))} | {_md(_md_paper(spec))} |")
     for name in sorted(losses):
         spec = losses[name]
+        needs = ", ".join(sorted(spec.needs)) or "none"
         out += ["", f"## {name}", "", _md(summary_of(spec)), "",
-                f"- kind: `{spec.kind}`; needs reference: {'yes' if spec.needs_reference else 'no'}; "
-                f"extra inputs: {', '.join(sorted(spec.needs)) or 'none'}",
+                f"- kind: `{spec.kind}` (trains on `{spec.record_kind}` records); needs reference: "
+                f"{'yes' if spec.needs_reference else 'no'}; extra inputs: {needs}",
                 f"- paper: {_md_paper(spec)}{', ' + spec.paper.equation if spec.paper.equation else ''}",
-                f"- function: `{spec.fn.__module__}.{spec.fn.__qualname__}`",
-                "", "```text", formula_of(spec), "```", ""]
+                f"- function: `{spec.fn.__module__}.{spec.fn.__qualname__}`"]
+        if spec.running_reward_mean:
+            out.append("- the trainer passes the running mean of all rewards so far as `delta` each step")
+        if spec.head_params:
+            supplied = ", ".join(f"`{key}`" for key in spec.head_params)
+            out.append(f"- with a tie reward head, the head supplies {supplied} (a learned tensor)")
+        out += ["", "```text", formula_of(spec), "```", ""]
         if spec.params:
             out += ["| parameter | default | valid | description |", "|---|---|---|---|"]
             for key, param in spec.params.items():

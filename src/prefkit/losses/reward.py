@@ -90,7 +90,8 @@ def bradley_terry(pred: PairScores, reference: None = None, *, strength: Tensor 
         η·(r_w + r_l)², as in TRL's ``center_rewards_coefficient``).
 
     Shapes: pred.chosen, pred.rejected (B,); ``strength`` (B,) margin per pair (e.g. a rating gap),
-    optional; NaN (a pair without strength in a batch where others have one) means no margin. ``ties`` and ``scores`` are ignored: tie pairs are trained as chosen ≻ rejected (use
+    optional; NaN (a pair without strength in a batch where others have one) means no margin.
+    ``ties`` and ``scores`` are ignored: tie pairs are trained as chosen ≻ rejected (use
     ``soft_bradley_terry``, ``rao_kupper`` or ``davidson`` for ties).
 
     Sign convention: higher score = better; the loss is minimised. Typical η (center_coef): 0.01.
@@ -159,7 +160,8 @@ def rao_kupper(pred: PairScores, reference: None = None, *, strength: Tensor | N
     The tie parameter θ is fixed or learnable. Fixed: set ``theta`` in the config (θ ≥ 1; θ = 1 is
     Bradley–Terry, where P(tie) = 0 and tie pairs get an infinite loss). Learnable: own
     a tensor parameter (e.g. ``theta = 1 + softplus(raw)`` with ``raw`` an ``nn.Parameter`` next to the
-    reward head) and pass it as ``theta=`` at call time; gradients flow into it.
+    reward head) and pass it as ``theta=`` at call time; gradients flow into it (the registry lists
+    ``theta`` in ``head_params``: a tie reward head supplies it).
 
     Sign convention: higher score = better; the loss is minimised. Typical θ: 1.2–3.
 
@@ -194,7 +196,8 @@ def davidson(pred: PairScores, reference: None = None, *, strength: Tensor | Non
     Shapes: pred.chosen, pred.rejected (B,); ``ties`` (B,) bool, optional (None = no ties).
 
     The tie parameter ν is fixed or learnable: fixed from the config, or pass a tensor at call time
-    (e.g. ``nu = softplus(raw)`` with ``raw`` an ``nn.Parameter``); ν = 0 gives infinite loss on tie pairs.
+    (e.g. ``nu = softplus(raw)`` with ``raw`` an ``nn.Parameter``; the registry lists ``nu`` in
+    ``head_params``: a tie reward head supplies it); ν = 0 gives infinite loss on tie pairs.
 
     Sign convention: higher score = better; the loss is minimised. Typical ν: 0.5–1.
 

@@ -7,8 +7,9 @@ reduces.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from torch import Tensor
@@ -89,15 +90,63 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Param:
-    """A loss keyword parameter: default, valid closed range [low, high] (None = unbounded), help."""
+class _FromSignature:
+    """The default of a ``Param`` before its ``LossSpec`` fills it from the loss function's signature."""
 
-    default: Any
+    def __repr__(self) -> str:
+        return "<from signature>"
+
+
+FROM_SIGNATURE: Any = _FromSignature()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Param:
+    """A loss keyword parameter: its valid values and help. The default is not given here.
+
+    ``default`` is filled by :class:`LossSpec` from the keyword's default in the loss function's
+    signature, so it cannot drift from the function (before that it is ``FROM_SIGNATURE``).
+
+    Valid values: one of ``choices`` when given; otherwise between ``low`` and ``high`` (None =
+    unbounded), each bound excluded when ``low_open`` / ``high_open`` is set, e.g. ``low=0,
+    low_open=True`` is "> 0" and ``low=0, high=0.5, high_open=True`` is [0, 0.5). These bounds are the
+    only range check: ``validate_loss_params`` applies them when a config is parsed, and loss bodies
+    do not repeat them.
+    """
+
     low: float | None = None
     high: float | None = None
-    doc: str = ""
+    low_open: bool = False
+    high_open: bool = False
     choices: tuple[str, ...] | None = None
+    doc: str = ""
+    default: Any = field(default=FROM_SIGNATURE, init=False)
+
+    def __post_init__(self) -> None:
+        if self.low is not None and self.high is not None and not self.low <= self.high:
+            raise ValueError(f"Param: low={self.low!r} is above high={self.high!r}")
+        if self.choices is not None and (self.low is not None or self.high is not None):
+            raise ValueError("Param: give choices or bounds, not both")
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices / inside the bounds (its type is not checked)."""
+        if self.choices is not None:
+            return value in self.choices
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def interval(self) -> str:
+        """The bounds in interval notation: ``[0, 0.5)``, ``(0, inf)``; infinite ends are open."""
+        low = "(-inf" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+        return f"{low}, {high}"
+
+    def with_default(self, default: Any) -> Param:
+        """A copy of this Param with ``default`` set (what ``LossSpec`` stores)."""
+        filled = replace(self)
+        object.__setattr__(filled, "default", default)
+        return filled
 
 
 @dataclass(frozen=True)
@@ -116,19 +165,45 @@ class Paper:
 #   reward_pair / reward_list / reward_rating : reward-model scores (see prefkit.losses.reward)
 LossKind = Literal["pair", "list", "unpaired", "reward_pair", "reward_list", "reward_rating"]
 
+# The record kinds of the data layer (``prefkit.data.records.kind_of``).
+RecordKind = Literal["pair", "ranking", "rating", "unpaired"]
+
+RECORD_KIND: dict[LossKind, RecordKind] = {
+    "pair": "pair", "list": "ranking", "unpaired": "unpaired",
+    "reward_pair": "pair", "reward_list": "ranking", "reward_rating": "rating",
+}
+"""The record kind each loss kind trains on (``LossSpec.record_kind``)."""
+
 # Extra per-batch inputs a loss may need, passed as keyword arguments by the caller:
 #   "token_logps": per-token log-probs in the *Logps objects
 #   "strength"  : (B,) preference strength / margin / soft label
 #   "labels"    : (B,) bool desirable flags (unpaired)
 #   "scores"    : (B, K) graded relevance / ratings (listwise, regression)
 #   "ties"      : (B,) bool tie flags
-#   "sft"       : nothing extra; the loss adds an NLL term from policy log-probs
 Need = Literal["token_logps", "strength", "labels", "scores", "ties"]
+
+INPUT_KEYWORDS = frozenset({"strength", "ties", "labels", "scores"})
+"""Keywords of a loss function that carry per-batch inputs (not parameters); they need no ``Param``."""
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """One registry entry."""
+    """One registry entry: the loss function and every fact about it that callers need.
+
+    ``params`` has one :class:`Param` per keyword parameter of ``fn`` (every keyword after
+    ``policy, reference`` except the input keywords ``strength``, ``ties``, ``labels``, ``scores``);
+    construction fills each ``Param.default`` from ``fn``'s signature and raises ``TypeError`` when a
+    Param names no keyword of ``fn`` or a keyword has no Param or no default, and ``ValueError`` when a
+    default is outside its own Param's range.
+
+    Properties callers branch on, so no code outside the registry lists loss names:
+
+    - ``running_reward_mean``: the trainer passes the running mean of all rewards seen so far as the
+      loss's ``delta`` parameter each step (BCO's reward shift); the loss must have a ``delta`` Param.
+    - ``head_params``: parameters a reward model's tie head supplies as (learnable) tensors at call
+      time, overriding the configured value (e.g. Rao–Kupper's ``theta``); each must be in ``params``.
+    - ``record_kind`` (derived from ``kind``): the data record kind the loss trains on.
+    """
 
     fn: Callable[..., LossOutput]
     kind: LossKind
@@ -137,6 +212,46 @@ class LossSpec:
     params: dict[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     summary: str = ""
+    running_reward_mean: bool = False
+    head_params: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        signature = inspect.signature(self.fn)
+        parameters = list(signature.parameters.values())
+        inputs = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+        keywords = {p.name: p for p in parameters if p not in inputs and p.name not in INPUT_KEYWORDS
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}  # policy, reference: inputs
+        for key in self.params:
+            if key not in keywords:
+                raise TypeError(f"LossSpec for {name}: Param {key!r} is not a keyword parameter of {name}; "
+                                f"its keywords: {sorted(keywords)}")
+        for key, keyword in keywords.items():
+            if key not in self.params:
+                raise TypeError(f"LossSpec for {name}: keyword {key!r} of {name} has no Param; add "
+                                f"params={{{key!r}: Param(...)}} with its valid range")
+            if keyword.default is inspect.Parameter.empty:
+                raise TypeError(f"LossSpec for {name}: keyword {key!r} has no default in {name}'s signature; "
+                                "the registry takes every parameter default from there")
+        filled = {key: param.with_default(keywords[key].default) for key, param in self.params.items()}
+        for key, param in filled.items():
+            if not param.admits(param.default):
+                raise ValueError(f"LossSpec for {name}: the default {key}={param.default!r} is outside its "
+                                 f"Param's range")
+        object.__setattr__(self, "params", filled)
+        for need in set(self.needs) - {"token_logps"}:
+            if need not in signature.parameters:
+                raise TypeError(f"LossSpec for {name}: needs {need!r} but {name} takes no such keyword")
+        if self.running_reward_mean and "delta" not in filled:
+            raise TypeError(f"LossSpec for {name}: running_reward_mean needs a 'delta' parameter")
+        for key in self.head_params:
+            if key not in filled:
+                raise TypeError(f"LossSpec for {name}: head parameter {key!r} is not one of its params")
+
+    @property
+    def record_kind(self) -> RecordKind:
+        """The kind of data record this loss trains on: "pair", "ranking", "rating" or "unpaired"."""
+        return RECORD_KIND[self.kind]
 
 
 def as_float(x: Tensor, like: Tensor) -> Tensor:
@@ -145,4 +260,4 @@ def as_float(x: Tensor, like: Tensor) -> Tensor:
 
 
 __all__ = ["PairLogps", "ListLogps", "UnpairedLogps", "LossOutput", "Param", "Paper", "LossSpec",
-           "LossKind", "Need", "as_float"]
+           "LossKind", "RecordKind", "RECORD_KIND", "Need", "INPUT_KEYWORDS", "FROM_SIGNATURE", "as_float"]

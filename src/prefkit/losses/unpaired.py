@@ -71,10 +71,8 @@ def kto(policy: UnpairedLogps, reference: UnpairedLogps, *, labels: Tensor, beta
         z0 = (policy.kl_logps - reference.kl_logps).mean().detach().clamp(min=0)  # ()
     elif z0_fallback == "batch":
         z0 = logratios.mean().detach().clamp(min=0)
-    elif z0_fallback == "zero":
+    else:  # "zero"
         z0 = torch.zeros((), dtype=logratios.dtype, device=logratios.device)
-    else:
-        raise ValueError(f"kto: z0_fallback must be 'zero' or 'batch', got {z0_fallback!r}")
     z0 = z0.to(logratios.dtype)
     # λ_y − λ_y·σ(x) = λ_y·σ(−x), computed directly so it keeps precision when σ(x) → 1.
     desirable_losses = desirable_weight * torch.sigmoid(-beta * (logratios - z0))  # (B,)
@@ -104,8 +102,9 @@ def bco(policy: UnpairedLogps, reference: UnpairedLogps, *, labels: Tensor, beta
 
     Deviations from the paper: δ is a parameter, not state. A pure function cannot keep a running mean,
     so the caller keeps it (e.g. an exponential moving average of the metric ``bco/rewards_mean``) and
-    passes ``delta=`` each step; the configured value is the starting point (0 = no shift). The
-    paper's underlying-distribution-matching (density-ratio) weights are not implemented.
+    passes ``delta=`` each step (the registry marks BCO ``running_reward_mean``, and the trainer does
+    this); the configured value is the starting point (0 = no shift). The paper's
+    underlying-distribution-matching (density-ratio) weights are not implemented.
     """
     rewards = beta * _logratios(policy, reference)  # (B,)
     desirable = _labels(labels, rewards)

@@ -46,6 +46,15 @@ def _split_gguf(path: str | Path) -> tuple[Path, str | None]:
                       "(prefkit never downloads: point it at a local copy)")
 
 
+def local_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a local directory, or a ConfigError saying ``what`` must be one."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is not a local directory; prefkit loads models only from "
+                          "disk (download it first, then pass its folder)")
+    return p
+
+
 def load_model(path: str | Path, *, dtype: str = "float32") -> nn.Module:
     """A ``*ForCausalLM`` from a local directory or ``.gguf`` file, in ``dtype``."""
     global load_count
@@ -76,10 +85,12 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
-             target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-             adapter: str | Path | None = None) -> nn.Module:
+             target_modules: Sequence[str] | str = ("q_proj", "k_proj", "v_proj", "o_proj"),
+             adapter: str | Path | None = None, task_type: str | None = "CAUSAL_LM") -> nn.Module:
     """``model`` wrapped as a PEFT LoRA model; only the adapter is trainable.
 
+    ``target_modules``: module names, or ``"all-linear"`` (peft: every linear layer but the output
+    layer). ``task_type``: ``"CAUSAL_LM"`` for a policy, None for a bare backbone (reward models).
     With ``adapter``, the saved adapter in that directory is loaded (trainable) instead of a fresh one.
     A fresh adapter's B matrix is zero, so at step 0 the policy equals the base model.
     """
@@ -89,8 +100,9 @@ def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
         if not Path(adapter).expanduser().is_dir():
             raise ConfigError(f"lora.adapter {str(adapter)!r} is not a directory")
         return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        task_type="CAUSAL_LM", bias="none")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=task_type, bias="none")
     return get_peft_model(model, config)
 
 
@@ -122,5 +134,5 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-__all__ = ["load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
+__all__ = ["local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
            "is_peft", "load_count", "DTYPES"]

@@ -1,11 +1,29 @@
 """The log-prob engine: summed completion log-probs of every sequence of a batch in one forward pass.
 
-``sequence_logps(model, batch)`` is the single entry point. It runs the model's decoder once over all
+``sequence_logps(model, batch)`` is the single entry point and the one dispatcher: it decides up front
+whether a batch runs padded or packed, and runs it. It runs the model's decoder once over all
 N = G * B rows of a :class:`~prefkit.data.batch.Batch` (chosen and rejected together, or all K items of
 a list), keeps only the hidden states at positions that predict a completion token, and gets each
 target token's log-prob from the output layer chunk by chunk with
-:func:`prefkit.models.chunked.target_logps` — no (N, T, V) logits and no full-vocabulary fp32
+:func:`prefkit.models.chunked.head_logps` — no (N, T, V) logits and no full-vocabulary fp32
 log-softmax over the whole batch.
+
+The engine's modules, each importing only the ones below it (no import cycle)::
+
+    logprobs   the dispatcher sequence_logps (and sequence_plan, its plan to share between passes),
+               the padded path (padded_sequence_logps), and the loss-input helpers pair_logps /
+               list_logps / unpaired_logps
+    packing    planning a padding-free layout (plan_for) and running it (packed_sequence_logps,
+               packed_hidden); never calls back here
+    attention  segment attention (exact block-sparse SDPA for packed rows)
+    chunked    the output layer, chunked (target log-probs without the full logits)
+    decoder    what both paths share: SequenceLogps, unwrap, decoder_and_head, per_sequence
+
+Dispatch (:func:`sequence_logps`): the packed path (:mod:`prefkit.models.packing`) when ``packing`` is
+on, the model is supported (:func:`~prefkit.models.packing.fast_path_unsupported`) and the batch is not
+a short one the fast path would barely shrink (:func:`~prefkit.models.packing.padded_is_cheaper`);
+else the padded rows (a packed-layout batch has no padded rows: it needs the packed path). Both give
+the same results up to float rounding.
 
 Position convention (``Batch``): ``completion_mask[:, t] = 1`` means token ``input_ids[:, t]`` is scored;
 it is predicted by the hidden state at ``t - 1``. Results come back in row order, fp32.
@@ -16,42 +34,20 @@ Helpers turn the (N,) results into the loss inputs of ``prefkit.losses.types``: 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from prefkit.data.batch import Batch
 from prefkit.losses.types import ListLogps, PairLogps, UnpairedLogps
 from prefkit.models.chunked import head_logps
-from prefkit.models.packing import fast_path_unsupported, packed_sequence_logps
-
-
-@dataclass(frozen=True)
-class SequenceLogps:
-    """Per-sequence results in batch row order.
-
-    logps: (N,) fp32 completion log-probs summed over completion tokens.
-    tokens: (N,) fp32 completion token counts.
-    token_logps: (N, T) fp32 per-token log-probs (0 off the completion), when asked for.
-    mask: (N, T) completion mask matching ``token_logps``, when asked for.
-    """
-
-    logps: Tensor
-    tokens: Tensor
-    token_logps: Tensor | None = None
-    mask: Tensor | None = None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The underlying ``*ForCausalLM`` of a PEFT or DDP wrapper (LoRA layers stay active)."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP / compile
-            model = model.module
-        elif hasattr(model, "get_base_model"):  # peft.PeftModel
-            model = model.get_base_model()
-        else:
-            return model
+from prefkit.models.decoder import SequenceLogps, decoder_and_head, per_sequence, unwrap
+from prefkit.models.packing import (
+    Plan,
+    fast_path_unsupported,
+    packed_sequence_logps,
+    padded_is_cheaper,
+    plan_for,
+)
 
 
 def _check_not_distributed(model: nn.Module) -> None:
@@ -73,32 +69,29 @@ def _check_not_distributed(model: nn.Module) -> None:
                         "module whose forward calls sequence_logps instead (prefkit.train.trainer.PolicyStep)")
 
 
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The decoder (returns final, normed hidden states) and the output layer of a causal LM."""
-    lm = _unwrap(model)
-    head = lm.get_output_embeddings()
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
-    if head is None or decoder is None:
-        raise TypeError(f"{type(lm).__name__} has no decoder/output layer; expected a *ForCausalLM model")
-    return decoder, head
-
-
 def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
                    token_logps: bool = False, packing: bool = True,
-                   share_prefix: bool = True) -> SequenceLogps:
+                   share_prefix: bool = True, plan: Plan | None = None) -> SequenceLogps:
     """Summed completion log-probs and token counts of every sequence in ``batch``, in one forward.
 
     Args:
         model: a causal LM (``*ForCausalLM``), optionally wrapped by PEFT; LoRA adapters are active
             unless the caller disabled them.
-        batch: padded layout, N rows (see ``prefkit.data.batch``).
+        batch: padded layout, N rows (see ``prefkit.data.batch``); a packed-layout batch runs on the
+            fast path only.
         chunk_size: scored tokens per output-layer chunk; peak extra memory ~ ``chunk_size * V * 8`` B.
         token_logps: also return (N, T) per-token log-probs and the mask.
         packing: run the padding-free fast path (:mod:`prefkit.models.packing`): sequences packed
-            end to end, attention never crossing a sequence; falls back to the padded rows for models
-            it cannot run (:func:`~prefkit.models.packing.fast_path_unsupported`). Same results.
+            end to end, attention never crossing a sequence; the padded rows run instead for models
+            it cannot run (:func:`~prefkit.models.packing.fast_path_unsupported`) and for short
+            batches it would barely shrink (:func:`~prefkit.models.packing.padded_is_cheaper`).
+            Same results.
         share_prefix: with ``packing``, encode each example's common prompt once for all its
             completions (exact; examples whose sequences share no prefix are run unshared).
+        plan: a precomputed plan of this batch (:func:`sequence_plan`, or
+            :func:`prefkit.models.packing.plan_for` with the same ``share_prefix``), to plan a batch once
+            for several passes over it (a training step's reference and policy forwards); None plans
+            here; unused when the batch runs padded.
 
     Returns:
         :class:`SequenceLogps` with (N,) fp32 ``logps`` and ``tokens``.
@@ -110,13 +103,35 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
     ``sequence_logps`` on the bare model inside the wrapped module's ``forward`` (as the trainer does).
     """
     _check_not_distributed(model)
-    if packing and fast_path_unsupported(model) is None:  # the padding-free fast path
-        out = packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=chunk_size,
-                                    token_logps=token_logps)
-        return SequenceLogps(out.logps, out.tokens, out.token_logps, out.mask)
+    if _runs_packed(model, batch, packing, share_prefix):
+        return packed_sequence_logps(model, batch, share_prefix=share_prefix, chunk_size=chunk_size,
+                                     token_logps=token_logps, plan=plan)
+    return padded_sequence_logps(model, batch, chunk_size=chunk_size, token_logps=token_logps)
+
+
+def _runs_packed(model: nn.Module, batch: Batch, packing: bool, share_prefix: bool) -> bool:
+    """The dispatch: the packed path for a supported model unless the padded rows are cheaper."""
+    return packing and fast_path_unsupported(model) is None and not padded_is_cheaper(batch, share_prefix)
+
+
+def sequence_plan(model: nn.Module, batch: Batch, *, packing: bool = True, share_prefix: bool = True) -> Plan | None:
+    """The plan :func:`sequence_logps` would build for ``batch``, or None when it would run it padded.
+
+    Compute it once and pass it as ``plan=`` to every ``sequence_logps`` call over the same batch with
+    the same ``packing`` / ``share_prefix`` (a training step's reference and policy passes), so that the
+    batch is planned once. The plan holds only index tensors on the batch's device (no gradients);
+    models sharing it need not be the same (a policy and its frozen reference).
+    """
+    return plan_for(batch, share_prefix=share_prefix) if _runs_packed(model, batch, packing, share_prefix) else None
+
+
+def padded_sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
+                          token_logps: bool = False) -> SequenceLogps:
+    """:func:`sequence_logps` on the padded rows: the decoder over the (N, T) batch with its attention
+    mask, then the output layer on the hidden states that predict a scored token."""
     if batch.layout != "padded":
         raise NotImplementedError("sequence_logps: layout='packed' needs packing=True and a supported model")
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     if getattr(config, "final_logit_softcapping", None):
         raise ValueError("sequence_logps: models with final_logit_softcapping are not supported")
     decoder, head = decoder_and_head(model)
@@ -126,16 +141,9 @@ def sequence_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 1024,
     targets = batch.input_ids[:, 1:][scored]  # (M,)
     token_lp = head_logps(head, hidden[:, :-1][scored], targets, chunk_size=chunk_size)  # (M,) fp32
     n, t = batch.input_ids.shape
-    rows = torch.arange(n, device=token_lp.device)[:, None].expand(n, t - 1)[scored]  # (M,)
-    logps = torch.zeros(n, dtype=torch.float32, device=token_lp.device).index_add(0, rows, token_lp)
-    tokens = scored.sum(1).float()  # (N,)
-    if not token_logps:
-        return SequenceLogps(logps, tokens)
-    per_token = torch.zeros(n, t, dtype=torch.float32, device=token_lp.device)  # (N, T)
-    mask = torch.zeros(n, t, dtype=torch.bool, device=token_lp.device)
-    mask[:, 1:] = scored
-    per_token = per_token.masked_scatter(mask, token_lp)
-    return SequenceLogps(logps, tokens, per_token, mask.float())
+    rows, cols = scored.nonzero(as_tuple=True)  # (M,) row-major: each row's tokens in column order
+    return per_sequence(token_lp, rows.to(token_lp.device), cols.to(token_lp.device) + 1, n, t,
+                        token_logps=token_logps)
 
 
 def pair_logps(seq: SequenceLogps, batch: Batch) -> PairLogps:
@@ -162,5 +170,5 @@ def unpaired_logps(seq: SequenceLogps, batch: Batch, *, with_kl: bool = False) -
     return UnpairedLogps(seq.logps[:b], seq.tokens[:b], kl_logps=seq.logps[b:])
 
 
-__all__ = ["SequenceLogps", "sequence_logps", "decoder_and_head", "pair_logps", "list_logps",
-           "unpaired_logps"]
+__all__ = ["SequenceLogps", "sequence_logps", "sequence_plan", "padded_sequence_logps", "decoder_and_head", "pair_logps",
+           "list_logps", "unpaired_logps"]

@@ -11,7 +11,7 @@ read and nothing downloaded:
    optimisation of ``demo.yaml`` (RPO: DPO + a per-token NLL on the chosen response; the reference is
    a frozen copy of the SFT model);
 5. measures the "after" numbers, writes ``results.json`` and ``plots/before_after.png`` into the run
-   directory (the Trainer adds ``metrics.jsonl``, ``plots/*.png`` and the model under ``dpo/``).
+   directory (the Trainer adds ``metrics.jsonl``, ``plots/*.png`` and the model under ``preference/``).
 
 The numbers, on held-out prompts and pairs the training never saw:
 
@@ -43,6 +43,8 @@ from prefkit.data.records import Pair, Unpaired
 from prefkit.models.logprobs import pair_logps, sequence_logps
 from prefkit.toy import world
 from prefkit.train.config import RunConfig, load_config
+from prefkit.train.objectives import StepOutput
+from prefkit.train.trainer import Trainer
 
 TOY_MARKER = "toy"
 """``model.path`` / ``data.train`` value that names the toy world in a run config."""
@@ -141,15 +143,16 @@ class SFTObjective:
 
     needs_reference: bool = False
     token_logps: bool = False
+    kl_pairs: bool = False
+    tracks_reward_mean: bool = False
     packing: bool = True
     """Run the log-prob fast path (``sequence_logps(packing=...)``); the demo passes ``model.packing``."""
 
-    def prepare(self, examples: list, seed: int) -> list:
+    def prepare(self, examples: list, seed: int, report: Any = None) -> list:
         return examples
 
-    def __call__(self, model: nn.Module, batch: Any, reference: Any) -> Any:
-        from prefkit.train.trainer import StepOutput
-
+    def __call__(self, model: nn.Module, batch: Any, reference: Any, *, reward_mean: float | None = None
+                 ) -> StepOutput:
         seq = sequence_logps(model, batch, packing=self.packing)
         nll = -seq.logps / seq.tokens  # (N,) model log-likelihood is negated into a loss
         return StepOutput(nll, {"nll": nll.detach()})
@@ -258,7 +261,7 @@ def run_demo(out_dir: str | Path | None = None, seed: int = 0, quick: bool = Fal
     """Run the toy-world job end to end and return (and, with ``show``, print) the before/after numbers.
 
     Args:
-        out_dir: run directory (default ``config.output.dir``, ``runs/demo``); ``sft/`` and ``dpo/`` hold
+        out_dir: run directory (default ``config.output.dir``, ``runs/demo``); ``sft/`` and ``preference/`` hold
             the two Trainer runs, ``results.json`` and ``plots/`` the demo's own outputs.
         seed: seeds the world, the model and both training stages.
         quick: smaller sizes (:data:`QUICK`) and 150 preference steps, for tests.
@@ -314,8 +317,6 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
         f"train.batch_size={settings.sft_batch_size}", f"train.max_steps={settings.sft_steps}",
         f"train.lr={settings.sft_lr}", "train.scheduler=constant", "train.warmup_steps=10",
         "train.log_every=50", f"train.progress={str(config.train.progress).lower()}"])
-    from prefkit.train.trainer import Trainer
-
     # The config's model.packing / model.share_prefix switch the log-prob engine of every stage.
     engine = {"packing": config.model.packing, "share_prefix": config.model.share_prefix}
     Trainer(sft_cfg, model, tokenizer, sft_records, objective=SFTObjective(packing=config.model.packing)).train()
@@ -327,14 +328,14 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
     before = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed, **engine)
 
     # 3. Preference stage, per the run config (reference: the frozen SFT copy).
-    config.output.dir = str(run_dir / "dpo")
+    config.output.dir = str(run_dir / "preference")
     trainer = Trainer(config, model, tokenizer, train_pairs, eval_pairs, reference_model=reference)
     train_metrics = trainer.train()
 
     # 4. After.
     after = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed, **engine)
     plots = [plot_before_after(before, after, run_dir / "plots" / "before_after.png")]
-    plots += sorted((run_dir / "dpo" / "plots").glob("*.png"))
+    plots += sorted((run_dir / "preference" / "plots").glob("*.png"))
     result = DemoResult(before, after, run_dir, plots, time.perf_counter() - t0,
                         {k: float(v) for k, v in train_metrics.items()})
     (run_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2))

@@ -1,8 +1,9 @@
 """Run configuration: dataclasses with one docstring per field, read from YAML plus ``key=value`` overrides.
 
 A run config has sections (``model``, ``lora``, ``reference``, ``data``, ``encode``, ``loss``,
-``train``, ``output``); each is a dataclass below whose attribute docstrings are the only help text
-(``docs/training.md`` embeds them: ``python -m prefkit.train.config --write-docs``). On the command line, dotted
+``train``, ``output``, and ``reward`` for a reward-model job); each is a dataclass below whose
+attribute docstrings are the only help text (``docs/training.md`` embeds them:
+``python -m prefkit.train.config --write-docs docs/training.md``). On the command line, dotted
 keys address nested fields: ``train.lr=1e-5 loss.beta=0.2``. Values are parsed as YAML scalars.
 
 Rules:
@@ -30,6 +31,10 @@ import yaml
 
 from prefkit.data.encode import EncodeConfig
 from prefkit.errors import ConfigError, did_you_mean
+from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfig
+
+POLICY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+"""``lora.target_modules`` of a policy when unset; a reward model's default is ``"all-linear"``."""
 
 
 @dataclass
@@ -37,7 +42,8 @@ class ModelConfig:
     """The policy model."""
 
     path: str = ""
-    """Local Hugging Face model directory, or a ``.gguf`` file (needs the ``gguf`` package). Never a hub id."""
+    """Local Hugging Face model directory, or a ``.gguf`` file (needs the ``gguf`` package). Never a hub id.
+    For a reward-model job (``reward`` section), the backbone (encoder or decoder)."""
     tokenizer: str | None = None
     """Tokenizer directory; defaults to ``model.path`` (for a ``.gguf`` file, the tokenizer inside it)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -68,8 +74,9 @@ class LoraConfig:
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.0
     """Dropout on the LoRA input (0 keeps training deterministic)."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    """Names of the linear modules that get adapters."""
+    target_modules: list[str] | None = None
+    """Names of the linear modules that get adapters, or ``[all-linear]``; null: the policy's attention
+    projections (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``), a reward model's every linear layer."""
     adapter: str | None = None
     """Existing adapter directory to start from (trained further), instead of a fresh one."""
 
@@ -119,6 +126,9 @@ class DataConfig:
     """Fraction of the training records held out for evaluation when ``data.eval`` is unset."""
     limit: int | None = None
     """Use only the first ``limit`` training records."""
+    eval_by: str | None = None
+    """Reward models: a column (record field or metadata key, e.g. ``subset``) to break the evaluation
+    report's accuracy down by."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -249,6 +259,9 @@ class RunConfig:
     """Optimisation and the loop."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Outputs."""
+    reward: RewardModelConfig | None = None
+    """A reward-model job (``prefkit rm train``): head, pooling, input length and truncation of the reward
+    model on the ``model.path`` backbone (``prefkit.models.heads.RewardModelConfig``); null for a policy."""
 
     def __post_init__(self) -> None:
         if self.reference.mode == "adapters_off" and self.lora.r == 0:
@@ -280,12 +293,22 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _section_type(tp: Any) -> Any:
+    """The dataclass of a section annotation (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     """Every dotted key of a config class (sections expanded)."""
     keys = []
     for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
+        tp = _section_type(_hints(cls)[f.name])
+        if tp is not None:
             keys += all_keys(tp, f"{prefix}{f.name}.")
         elif not (cls is LossConfig and f.name == "params"):
             keys.append(prefix + f.name)
@@ -311,6 +334,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        section = _section_type(tp)
+        if section is not None and isinstance(value, Mapping):  # an optional section: its own errors
+            return from_dict(section, value, key + ".")
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key)
@@ -395,6 +421,10 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         return LossConfig(**kwargs, params=params)
     for key, value in data.items():
         if key not in names:
+            if cls is RewardModelConfig and key in ("lora_r", "lora_alpha"):
+                RewardModelConfig.from_dict({key: value})  # raises the one-line "now lora.r" hint
+            if isinstance(value, Mapping) and value:  # an unknown section: hint from its first key
+                raise _unknown(f"{prefix}{key}.{next(iter(value))}")
             raise _unknown(prefix + str(key))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
@@ -495,11 +525,53 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     return cfg
 
 
+def check_head_and_loss(head: str, loss_name: str, spec: Any, tie_model: str | None = None) -> None:
+    """Raise ConfigError when registry loss ``spec`` cannot train a reward head (before any model loads)."""
+    from prefkit.losses.registry import get_loss, reward_losses
+
+    if not spec.kind.startswith("reward_"):
+        raise ConfigError(f"loss {loss_name!r} is a policy loss; a reward model needs a reward loss "
+                          f"({', '.join(reward_losses())})")
+    if head == "gpm" and spec.kind != "reward_pair":
+        raise ConfigError(f"a GPM head learns from pairs only; loss {loss_name!r} is {spec.kind!r}")
+    if head == "tie":
+        tie_losses = [n for n in reward_losses() if get_loss(n).head_params]
+        if not spec.head_params:
+            raise ConfigError(f"head 'tie' learns its tie parameter from a tie loss ({', '.join(tie_losses)}), "
+                              f"not {loss_name!r}")
+        needed = TIE_MODELS[tie_model or DEFAULT_TIE_MODEL]
+        if needed not in spec.head_params:
+            raise ConfigError(f"reward.tie_model={tie_model!r} learns {needed!r}, but loss {loss_name!r} takes "
+                              f"{list(spec.head_params)}; pick the tie loss of that model")
+
+
+REWARD_BASE: dict[str, Any] = {"reward": {}, "loss": {"name": "bradley_terry"}, "output": {"dir": "runs/rm"},
+                               "encode": {"add_bos": False, "add_eos": False}}
+"""What a reward-model job changes in the defaults: a ``reward`` section, the ``bradley_terry`` loss,
+``runs/rm``, and encoding without BOS/EOS (the reward model adds its tokenizer's own special tokens and
+truncates to ``reward.max_length``)."""
+
+
+def load_reward_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """A reward-model job (``prefkit rm train``): :func:`load_config` over :data:`REWARD_BASE`, checked
+    (loss against head) before any model loads."""
+    from prefkit.losses.registry import get_loss
+
+    cfg = load_config(path, overrides, base=REWARD_BASE)
+    if cfg.reward is None:
+        cfg.reward = RewardModelConfig()
+    if cfg.encode.max_length is not None or cfg.encode.max_prompt_length is not None:
+        raise ConfigError("a reward model truncates its inputs to reward.max_length (keeping "
+                          "reward.truncation_side's other end); unset encode.max_length / encode.max_prompt_length")
+    check_head_and_loss(cfg.reward.head, cfg.loss.name, get_loss(cfg.loss.name), cfg.reward.tie_model)
+    return cfg
+
+
 def config_reference() -> str:
     """Markdown tables of every config key, default and docstring (``docs/training.md`` embeds this)."""
     lines = []
     for section in dataclasses.fields(RunConfig):
-        cls = _hints(RunConfig)[section.name]
+        cls = _section_type(_hints(RunConfig)[section.name])
         lines += [f"### `{section.name}`", "", field_docs(RunConfig).get(section.name, ""), "",
                   "| key | default | meaning |", "|---|---|---|"]
         default = cls()
@@ -522,7 +594,6 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-DOCS_PATH = Path(__file__).resolve().parents[3] / "docs" / "training.md"
 DOCS_START, DOCS_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
@@ -533,15 +604,29 @@ def docs_with_reference(text: str) -> str:
     return f"{head}{DOCS_START}\n\n{config_reference()}\n{DOCS_END}{tail}"
 
 
-if __name__ == "__main__":  # python -m prefkit.train.config --write-docs
-    import sys
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m prefkit.train.config [--write-docs PATH]``: print the config reference, or refresh the
+    block between the markers in the Markdown file ``PATH`` (the repository's ``docs/training.md``)."""
+    import argparse
 
-    if sys.argv[1:] == ["--write-docs"]:
-        DOCS_PATH.write_text(docs_with_reference(DOCS_PATH.read_text()))
-    else:
+    parser = argparse.ArgumentParser(prog="python -m prefkit.train.config")
+    parser.add_argument("--write-docs", metavar="PATH", help="Markdown file whose config-reference block to refresh")
+    args = parser.parse_args(argv)
+    if args.write_docs is None:
         print(config_reference())
+        return 0
+    path = Path(args.write_docs)
+    text = path.read_text(encoding="utf-8")
+    if DOCS_START not in text or DOCS_END not in text:
+        raise SystemExit(f"{path}: no {DOCS_START} ... {DOCS_END} block to refresh")
+    path.write_text(docs_with_reference(text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = ["RunConfig", "ModelConfig", "LoraConfig", "ReferenceConfig", "DataConfig", "LossConfig",
-           "TrainConfig", "OutputConfig", "EncodeConfig", "load_config", "from_dict", "to_dict",
-           "dump_config", "config_reference", "parse_overrides", "field_docs", "all_keys", "check_loss"]
+           "TrainConfig", "OutputConfig", "EncodeConfig", "RewardModelConfig", "load_config", "load_reward_config", "from_dict", "to_dict",
+           "dump_config", "config_reference", "check_head_and_loss", "parse_overrides", "field_docs", "all_keys", "check_loss"]

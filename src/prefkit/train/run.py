@@ -1,20 +1,28 @@
 """A whole job from a config: check the run directory, read data, load models, train, save.
 
-``run(config, resume=False)`` is what ``prefkit train --config job.yaml`` calls. Everything a user can
+``run(config, resume=False)`` is what ``prefkit train --config job.yaml`` calls;
+``train_reward_model(config)`` what ``prefkit rm train --config job.yaml`` calls (a config with a
+``reward`` section). Everything a user can
 get wrong in the config was already checked by ``load_config`` (before any model loads); this module
 then checks the paths (data, run directory) before loading the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefkit.errors import ConfigError
+from prefkit.data.records import Record, kind_of
+from prefkit.errors import ConfigError, DataError
+from prefkit.losses.registry import get_loss
 from prefkit.models import load as model_load
+from prefkit.models.reward import RewardModel
+from prefkit.models.reward_inputs import as_text_record
 from prefkit.train import checkpoint as ckpt
-from prefkit.train.config import RunConfig
-from prefkit.train.trainer import Trainer, make_objective
+from prefkit.train.config import POLICY_LORA_TARGETS, RunConfig, check_head_and_loss
+from prefkit.train.objectives import make_objective
+from prefkit.train.trainer import Trainer
 
 
 def check_run_dir(config: RunConfig, resume: bool) -> None:
@@ -55,19 +63,16 @@ def load_policy(config: RunConfig) -> tuple[Any, Any]:
     model = model_load.load_model(mc.path, dtype=mc.dtype)
     if lc.r > 0 or lc.adapter:
         model = model_load.add_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout,
-                                    target_modules=lc.target_modules, adapter=lc.adapter)
+                                    target_modules=lc.target_modules or POLICY_LORA_TARGETS, adapter=lc.adapter)
     return model, tokenizer
 
 
 def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
-    """Train per ``config``; returns the final metrics. Writes everything under ``config.output.dir``.
-
-    ``model.path: toy`` names the built-in toy world: the job is the demo (``prefkit.toy.run_config``).
-    """
-    from prefkit import toy
-
-    if toy.is_toy_config(config):
-        return toy.run_config(config, resume=resume)
+    """Train a policy per ``config``; returns the final metrics. Writes everything under
+    ``config.output.dir``. (``model.path: toy``, the built-in toy world, is routed to ``prefkit.toy`` by
+    the CLI.) A config with a ``reward`` section is a reward-model job: :func:`train_reward_model`."""
+    if config.reward is not None:
+        return train_reward_model(config, resume=resume)[1]
     make_objective(config)  # reward-model losses fail here, before loading anything
     check_run_dir(config, resume)
     train, evaluation = read_data(config)
@@ -82,4 +87,48 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
     return trainer.train(resume=resume)
 
 
-__all__ = ["run", "check_run_dir", "read_data", "load_policy"]
+def train_reward_model(config: RunConfig, *, resume: bool = False,
+                       train_records: Sequence[Record] | None = None,
+                       eval_records: Sequence[Record] | None = None,
+                       model: RewardModel | None = None) -> tuple[RewardModel, dict[str, float]]:
+    """Train a reward model with the :class:`Trainer` and a ``RewardObjective``.
+
+    ``config`` has a ``reward`` section (``load_reward_config``). Reads ``config.data`` unless records
+    are given; builds the model on the ``model.path`` backbone (LoRA per the ``lora`` section) unless one
+    is given. Saves the model in ``<output.dir>/model`` (``RewardModel.save``). Returns the trained model
+    and the trainer's final metrics.
+    """
+    reward = config.reward
+    if reward is None:
+        raise ConfigError("a reward-model job needs a reward: section (load it with load_reward_config)")
+    spec = get_loss(config.loss.name)
+    check_head_and_loss(reward.head, config.loss.name, spec, reward.tie_model)
+    if train_records is None:
+        check_run_dir(config, resume)
+        train_records, eval_records = read_data(config)
+    if model is None:
+        if not config.model.path:
+            raise ConfigError("no backbone; set model.path to a local Hugging Face model directory")
+        from transformers import set_seed
+
+        set_seed(config.train.seed)
+        lc = config.lora
+        model = RewardModel.from_backbone(
+            model_load.local_dir(config.model.path, "backbone"), reward, dtype=model_load.DTYPES[config.model.dtype],
+            lora_r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+            lora_target_modules=lc.target_modules or "all-linear")
+        if config.model.tokenizer:
+            model.tokenizer = model_load.load_tokenizer(model_load.local_dir(config.model.tokenizer, "tokenizer"))
+    tokens = model.tokens()
+    train_records = [as_text_record(r, tokens.tokenizer) for r in train_records if kind_of(r) == spec.record_kind]
+    eval_records = [as_text_record(r, tokens.tokenizer) for r in (eval_records or [])
+                    if kind_of(r) == spec.record_kind]
+    if not train_records:
+        raise DataError(f"no {spec.record_kind} records in the training data for loss {config.loss.name!r}")
+    objective = make_objective(config, tokens)
+    trainer = Trainer(config, model, tokens.tokenizer, train_records, eval_records, objective=objective)
+    summary = trainer.train(resume=resume)
+    return model, summary
+
+
+__all__ = ["run", "train_reward_model", "check_run_dir", "read_data", "load_policy"]

@@ -9,11 +9,11 @@ Quick start (in memory)::
 
 From a config file: ``prefkit.train.run(load_config("job.yaml"))`` (what ``prefkit train`` does).
 
-The pluggable step is the *objective*: ``objective(model, batch, reference) -> StepOutput`` turns a
-batch into per-example losses (B,) and detached metrics. :class:`PreferenceObjective` (pair, list and
-unpaired losses) computes sequence log-probs with the engine and calls the registry loss; a reward
-model passes its own objective (scores instead of log-probs) and gets the same loop, logging and
-checkpoints.
+The pluggable step is the *objective* (``prefkit.train.objectives``): ``objective(model, batch,
+reference) -> StepOutput`` turns a batch into per-example losses (B,) and detached metrics.
+``PreferenceObjective`` (pair, list and unpaired losses) computes sequence log-probs with the engine and
+calls the registry loss; ``RewardObjective`` scores sequences with a reward model instead, and gets the
+same loop, logging and checkpoints.
 """
 
 from __future__ import annotations
@@ -21,36 +21,26 @@ from __future__ import annotations
 import atexit
 import math
 import os
-import random
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
-from prefkit.data.encode import EncodedExample, EncodedSequence, Encoder, collate
+from prefkit.data.encode import Encoder, collate
 from prefkit.data.records import Record
-from prefkit.errors import ConfigError, DataError, PrefkitError
-from prefkit.losses.registry import get_loss
-from prefkit.losses.transforms import ld_dpo, wpo_weights
-from prefkit.losses.types import LossSpec
+from prefkit.errors import ConfigError, PrefkitError
 from prefkit.models.load import frozen_copy, is_peft
-from prefkit.models.logprobs import (
-    SequenceLogps,
-    list_logps,
-    pair_logps,
-    sequence_logps,
-    unpaired_logps,
-)
+from prefkit.models.logprobs import SequenceLogps
 from prefkit.train import checkpoint as ckpt
 from prefkit.train.config import RunConfig, dump_config, to_dict
 from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar
+from prefkit.train.objectives import Objective, StepOutput, make_objective
 from prefkit.train.refcache import (
     CachedReference,
     ModelReference,
@@ -63,184 +53,7 @@ from prefkit.train.refcache import (
     hash_weights,
 )
 
-# -- the pluggable step ---------------------------------------------------------------------------------
-
-
-@dataclass
-class StepOutput:
-    """What an objective returns for one batch of B examples.
-
-    losses: (B,) per-example losses, differentiable; the loop weights, sums and normalises them.
-    metrics: detached per-example values (B,) (NaN where a metric does not apply to an example) or
-        scalars; the loop averages them over the examples of a logging step.
-    """
-
-    losses: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-
-
-class Objective(Protocol):
-    """How a batch becomes per-example losses: the one pluggable step of the loop."""
-
-    needs_reference: bool
-    """Whether ``__call__`` wants reference log-probs (the loop then provides them)."""
-    token_logps: bool
-    """Whether the reference must provide per-token log-probs too."""
-
-    def prepare(self, examples: list[EncodedExample], seed: int) -> list[EncodedExample]:
-        """Once, before training: derive extra sequences (e.g. KTO's mismatched pairs)."""
-        ...
-
-    def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput: ...
-
-
-RUNNING_DELTA_LOSSES = ("bco", "bco_pair")
-"""Losses whose ``delta`` the trainer sets each step to the running mean of all rewards seen so far."""
-
-_INPUTS = {"strength": "strength", "labels": "labels", "scores": "scores", "ties": "ties"}
-
-
-@dataclass
-class PreferenceObjective:
-    """Policy losses (kinds pair, list, unpaired): engine log-probs -> registry loss.
-
-    Unpaired losses that use a reference get KTO's KL reference point: each example gets a second
-    sequence, its prompt with the completion of another example (a fixed, seeded derangement of the
-    dataset), so rows [B:2B) of a batch are mismatched pairs, scored in the same forward pass.
-
-    Pair losses take two optional input transforms (``loss.wpo``, ``loss.ld_dpo_alpha``): LD-DPO rewrites
-    the policy and reference :class:`PairLogps` before the loss; WPO multiplies the per-example losses
-    by detached weights computed from the (untransformed) policy log-probs.
-    """
-
-    name: str
-    spec: LossSpec
-    params: dict[str, Any]
-    chunk_size: int = 1024
-    packing: bool = True
-    share_prefix: bool = True
-    wpo: bool = False
-    """Weight each pair's loss by :func:`~prefkit.losses.transforms.wpo_weights` (pair losses)."""
-    ld_dpo_alpha: float | None = None
-    """Apply :func:`~prefkit.losses.transforms.ld_dpo` with this α to policy and reference (pair losses)."""
-    delta: float | None = None
-    """BCO's reward shift δ for the next call, set by the trainer from the running reward mean (see
-    ``tracks_reward_mean``); None uses the configured ``delta``."""
-
-    @property
-    def tracks_reward_mean(self) -> bool:
-        """Whether the loss takes a running mean of the rewards as ``delta`` (BCO, Jung et al. 2024)."""
-        return self.name in RUNNING_DELTA_LOSSES
-
-    def __post_init__(self) -> None:
-        if (self.wpo or self.ld_dpo_alpha is not None) and self.spec.kind != "pair":
-            raise ConfigError(f"WPO / LD-DPO apply to pair losses only; loss {self.name!r} is of kind "
-                              f"{self.spec.kind!r}")
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.spec.needs_reference
-
-    @property
-    def token_logps(self) -> bool:
-        return "token_logps" in self.spec.needs or self.ld_dpo_alpha is not None
-
-    @property
-    def kl_pairs(self) -> bool:
-        return self.spec.kind == "unpaired" and self.spec.needs_reference
-
-    def prepare(self, examples: list[EncodedExample], seed: int) -> list[EncodedExample]:
-        kinds = Counter(ex.kind for ex in examples if ex.kind != self.spec.kind)
-        if kinds:
-            found = ", ".join(f"{n} {k}" for k, n in kinds.items())
-            raise DataError(f"loss {self.name!r} trains on {self.spec.kind} records, but the data has {found} "
-                            "records; convert them first (prefkit.data.convert) or pick a matching loss")
-        sizes = sorted({ex.group_size for ex in examples})
-        if len(sizes) > 1:
-            raise DataError(f"rankings of different lengths (k = {sizes}) cannot share batches; keep one k "
-                            "per dataset (e.g. convert to pairs)")
-        if "strength" in self.spec.needs:  # NaN strengths (collated from missing ones) would give NaN losses
-            missing = sum(ex.strength is None for ex in examples)
-            if missing:
-                raise DataError(f"loss {self.name!r} needs a strength on every pair, but {missing} of "
-                                f"{len(examples)} records have none; give each record a 'strength' (or 'margin') "
-                                "value or drop those records")
-        if not self.kl_pairs or len(examples) < 2:
-            return examples
-        order = list(range(len(examples)))
-        random.Random(seed).shuffle(order)
-        partner = {order[j]: order[(j + 1) % len(order)] for j in range(len(order))}  # a derangement
-        out = []
-        for i, ex in enumerate(examples):
-            own, other = ex.sequences[0], examples[partner[i]].sequences[0]
-            kl = EncodedSequence(own.prompt_ids, other.completion_ids)
-            out.append(EncodedExample(**{**ex.__dict__, "sequences": [own, kl]}))
-        return out
-
-    def _inputs(self, seq: SequenceLogps, batch: Batch) -> Any:
-        if self.spec.kind == "pair":
-            return pair_logps(seq, batch)
-        if self.spec.kind == "list":
-            return list_logps(seq, batch)
-        return unpaired_logps(seq, batch, with_kl=batch.group_size == 2)
-
-    def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None) -> StepOutput:
-        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=self.token_logps,
-                             packing=self.packing, share_prefix=self.share_prefix)
-        policy = self._inputs(seq, batch)
-        ref = self._inputs(reference, batch) if reference is not None and self.needs_reference else None
-        inputs = {k: getattr(batch, _INPUTS[k]) for k in self.spec.needs if k in _INPUTS}
-        params = self.params if self.delta is None else {**self.params, "delta": self.delta}
-        if self.ld_dpo_alpha is None:
-            out = self.spec.fn(policy, ref, **inputs, **params)
-        else:
-            out = self.spec.fn(ld_dpo(policy, alpha=self.ld_dpo_alpha),
-                               None if ref is None else ld_dpo(ref, alpha=self.ld_dpo_alpha), **inputs, **params)
-        metrics = preference_metrics(self.spec.kind, out, policy, batch)
-        losses = out.losses
-        if self.wpo:
-            weights = wpo_weights(policy)  # (B,) detached
-            losses = losses * weights.to(losses)
-            metrics["wpo/weights"] = weights.float()
-        return StepOutput(losses, metrics)
-
-
-def preference_metrics(kind: str, out: Any, policy: Any, batch: Batch) -> dict[str, Tensor]:
-    """TRL-style metrics (B,) per example: rewards/{chosen,rejected,margins,accuracies}, logps/*."""
-    m: dict[str, Tensor] = {}
-    if kind == "pair":
-        m["logps/chosen"], m["logps/rejected"] = policy.chosen_logps, policy.rejected_logps
-    elif kind == "list":
-        m["logps/chosen"], m["logps/rejected"] = policy.logps[:, 0], policy.logps[:, 1:].mean(1)
-    else:  # unpaired: "chosen" = desirable examples, "rejected" = undesirable ones
-        good = batch.labels.bool()
-        nan = torch.full_like(policy.logps, math.nan)
-        m["logps/chosen"] = torch.where(good, policy.logps, nan)
-        m["logps/rejected"] = torch.where(good, nan, policy.logps)
-        if out.rewards is not None:
-            m["rewards/chosen"] = torch.where(good, out.rewards, nan)
-            m["rewards/rejected"] = torch.where(good, nan, out.rewards)
-    if kind == "list" and out.chosen_rewards is None and out.rewards is not None:
-        out_c, out_r = out.rewards[:, 0], out.rewards[:, 1:].mean(1)
-    else:
-        out_c, out_r = out.chosen_rewards, out.rejected_rewards
-    if out_c is not None and out_r is not None:
-        m["rewards/chosen"], m["rewards/rejected"] = out_c, out_r
-        m["rewards/margins"] = out_c - out_r
-        m["rewards/accuracies"] = (out_c > out_r).float()
-    m.update(out.metrics)
-    return {k: v.detach().float() for k, v in m.items()}
-
-
-def make_objective(config: RunConfig) -> Objective:
-    """The objective for ``config.loss``: :class:`PreferenceObjective` for policy losses."""
-    spec = get_loss(config.loss.name)
-    if spec.kind.startswith("reward_"):
-        raise ConfigError(f"loss {config.loss.name!r} trains a reward model; use `prefkit rm train --config ...` "
-                          "(or pass Trainer(objective=prefkit.models.reward.RewardObjective(...)))")
-    mc = config.model
-    return PreferenceObjective(config.loss.name, spec, dict(config.loss.params), mc.chunk_size, mc.packing,
-                               mc.share_prefix, wpo=config.loss.wpo, ld_dpo_alpha=config.loss.ld_dpo_alpha)
+# -- the module accelerate wraps ------------------------------------------------------------------------
 
 
 class PolicyStep(nn.Module):
@@ -259,8 +72,8 @@ class PolicyStep(nn.Module):
         self.model = model
         object.__setattr__(self, "objective", objective)
 
-    def forward(self, batch: Batch, reference: SequenceLogps | None) -> StepOutput:
-        return self.objective(self.model, batch, reference)
+    def forward(self, batch: Batch, reference: SequenceLogps | None, reward_mean: float | None = None) -> StepOutput:
+        return self.objective(self.model, batch, reference, reward_mean=reward_mean)
 
 
 def _accelerator(mixed_precision: str, cpu: bool) -> Any:
@@ -390,9 +203,9 @@ class Trainer:
         self.examples = {}
         for split, recs in self.records.items():
             encoded, report = self.encoder.encode_all(recs)
+            self.examples[split] = self.objective.prepare(encoded, config.train.seed, report)
             if recs:
                 self._say(f"{split}: {report}")
-            self.examples[split] = self.objective.prepare(encoded, config.train.seed)
         if not self.examples["train"]:
             raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
         self.model = model.to(self.device)
@@ -426,8 +239,7 @@ class Trainer:
             self.reference = {split: self._build_reference(split) for split in ("train", "eval")}
         self.step = 0
         # BCO: (sum, count) of every reward of the steps so far, over all processes; δ = sum / count.
-        self.reward_mean: list[float] | None = [0.0, 0.0] if getattr(self.objective, "tracks_reward_mean",
-                                                                      False) else None
+        self.reward_mean: list[float] | None = [0.0, 0.0] if self.objective.tracks_reward_mean else None
 
     # -- reference ------------------------------------------------------------------------------------
 
@@ -469,7 +281,7 @@ class Trainer:
             weights = hash_weights(self.model, precision)
         else:
             weights = hash_weights(self._get_reference_model(), precision)
-        kl = getattr(self.objective, "kl_pairs", False)
+        kl = self.objective.kl_pairs
         return {"weights": weights, "tokenizer": hash_tokenizer(self.tokenizer),
                 "data": hash_records(self.records[split], ("kl_pairs", kl, cfg.train.seed if kl else None)),
                 "encoding": hash_settings(cfg.encode)}
@@ -505,24 +317,25 @@ class Trainer:
         with self.accelerator.autocast():
             ref_source = self.reference[split]
             ref = ref_source(batch, indices) if self.objective.needs_reference and ref_source else None
-            return step(batch, ref), batch
+            return step(batch, ref, self._reward_mean()), batch
 
-    def _update_reward_mean(self, step_rewards: list[float]) -> float:
-        """Add this step's rewards (all processes) to the running mean; returns the δ the step used.
+    def _reward_mean(self) -> float | None:
+        """The running mean of all rewards of the previous steps (None: none yet, or not tracked)."""
+        if self.reward_mean is None or not self.reward_mean[1]:
+            return None
+        return self.reward_mean[0] / self.reward_mean[1]
+
+    def _update_reward_mean(self, step_rewards: list[float]) -> None:
+        """Add this step's rewards (all processes) to the running mean the next steps pass the objective.
 
         Deviation from BCO (and TRL, which updates the mean with the current batch first): the step uses
         the mean of the *previous* steps' rewards (the first step the configured ``delta``), so the
         mean needs no extra synchronisation before the loss.
         """
-        used = self.objective.delta
-        used = float(self.objective.params.get("delta", 0.0)) if used is None else used
         t = torch.tensor(step_rewards, dtype=torch.float64, device=self.device)
         if self.accelerator.num_processes > 1:
             t = self.accelerator.reduce(t, reduction="sum")
         self.reward_mean = [self.reward_mean[0] + float(t[0]), self.reward_mean[1] + float(t[1])]
-        if self.reward_mean[1]:
-            self.objective.delta = self.reward_mean[0] / self.reward_mean[1]
-        return used
 
     def _reduce(self, sums: dict[str, list[float]]) -> dict[str, float]:
         """Per-key (sum, count) over processes -> means."""
@@ -582,7 +395,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step = step
                 if self.reward_mean is not None:
-                    _add(sums, "bco/delta", self._update_reward_mean(step_rewards), 1)
+                    self._update_reward_mean(step_rewards)
                 if step % tc.log_every == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - t_log
                     tok = self._reduce({"t": [float(tokens), 1.0]})["t"] * acc.num_processes
@@ -664,8 +477,6 @@ class Trainer:
         self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
         if self.reward_mean is not None and state.get("reward_mean"):
             self.reward_mean = list(state["reward_mean"])
-            if self.reward_mean[1]:
-                self.objective.delta = self.reward_mean[0] / self.reward_mean[1]
         self._say(f"resumed from {path} (step {self.step})")
         return self.step
 
@@ -731,5 +542,4 @@ def _add_metric(sums: dict[str, list[float]], key: str, value: Tensor, batch_siz
         _add(sums, key, value[ok].sum(), int(ok.sum()))
 
 
-__all__ = ["Trainer", "Objective", "StepOutput", "PreferenceObjective", "PolicyStep", "DataOrder", "make_objective",
-           "preference_metrics"]
+__all__ = ["Trainer", "PolicyStep", "DataOrder"]

@@ -1,0 +1,332 @@
+"""Reward-model heads and their configuration: pooled features (N, H) -> :class:`RewardOutput`.
+
+- :class:`ScalarHead`: one reward ``r(x, y)``; with Bradley–Terry ``P(y1 ≻ y2) = σ(r1 − r2)``;
+- :class:`MultiObjectiveHead`: ``A`` attribute scores combined into one reward by fixed weights, a
+  learned global gating (softmax weights times a learned scale) or a contextual gating network
+  (weights from the pooled features, after ArmoRM);
+- :class:`TieHead`: a scalar reward plus a learned tie parameter for Rao–Kupper (``θ ≥ 1``) or
+  Davidson (``ν ≥ 0``) models, so ``P(tie)`` is predicted too;
+- :class:`GPMHead`: the General Preference Model (Zhang et al. 2024, arXiv 2410.02197): each
+  response gets a preference embedding ``v ∈ R^{2k}``, and ``P(y_i ≻ y_j) = σ(v_iᵀ R v_j)`` with a
+  skew-symmetric block-diagonal ``R``, which can express cyclic (intransitive) preferences.
+
+Every head answers :meth:`RewardHead.preference_logits` ``(a, b) -> (B,)``, the log-odds that ``a`` is
+preferred to ``b`` (``r_a − r_b`` for the scalar heads), which evaluation and best-of-N use.
+:class:`RewardModelConfig` (saved with a model as ``reward_config.json``) picks the head, the pooling
+and the input length; :func:`make_head` builds the head it names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prefkit.errors import ConfigError, check_known_keys, did_you_mean
+from prefkit.losses import LOSSES
+
+Pooling = Literal["last", "mean", "cls"]
+HeadKind = Literal["scalar", "multi", "tie", "gpm"]
+Gating = Literal["fixed", "learned", "contextual"]
+TieModel = str
+"""A tie model is a registry tie loss (one whose ``LossSpec.head_params`` a tie head supplies)."""
+
+TIE_MODELS: dict[str, str] = {name: spec.head_params[0] for name, spec in LOSSES.items() if spec.head_params}
+"""Tie model (registry loss name) -> the loss keyword its learned parameter is passed as, from the
+registry: Rao–Kupper's ``theta`` and Davidson's ``nu``."""
+DEFAULT_TIE_MODEL = next(iter(TIE_MODELS))
+
+# -- heads ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardOutput:
+    """What a head returns for N sequences.
+
+    rewards: (N,) scalar reward, higher = better (GPM: a norm-free summary, see :class:`GPMHead`).
+    attributes: (N, A) attribute scores (multi-objective head), else None.
+    embeddings: (N, 2k) preference embeddings (GPM head), else None.
+    gate: (N, A) combination weights actually used (multi-objective head), else None.
+    """
+
+    rewards: Tensor
+    attributes: Tensor | None = None
+    embeddings: Tensor | None = None
+    gate: Tensor | None = None
+
+    def select(self, index: slice | Tensor) -> RewardOutput:
+        """The same fields for a subset of rows."""
+        return RewardOutput(*(None if v is None else v[index] for v in
+                              (self.rewards, self.attributes, self.embeddings, self.gate)))
+
+
+class RewardHead(nn.Module):
+    """Base of the heads: pooled features (N, H) -> :class:`RewardOutput`."""
+
+    kind: HeadKind = "scalar"
+
+    def preference_logits(self, a: RewardOutput, b: RewardOutput) -> Tensor:
+        """log P(a ≻ b) / P(b ≻ a) per example: ``r_a − r_b`` (B,). Antisymmetric in (a, b)."""
+        return a.rewards - b.rewards
+
+
+class ScalarHead(RewardHead):
+    """``r = wᵀh + b``: one reward per sequence (Bradley–Terry, regression, Plackett–Luce)."""
+
+    kind: HeadKind = "scalar"
+
+    def __init__(self, hidden_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, features: Tensor) -> RewardOutput:
+        return RewardOutput(self.score(self.dropout(features)).squeeze(-1))  # (N,)
+
+
+class MultiObjectiveHead(RewardHead):
+    """``A`` attribute scores ``a = W h`` combined into ``r = Σ_j g_j a_j``.
+
+    Gating ``g``:
+
+    - ``"fixed"``: the given ``weights`` (a buffer, not trained);
+    - ``"learned"``: ``g = exp(s) · softmax(ℓ)``, global logits ``ℓ`` (A,) and a scale ``s``;
+      :meth:`weights` returns ``softmax(ℓ)``, the learned mixture on the simplex;
+    - ``"contextual"``: ``g = exp(s) · softmax(G h)``, per-example weights from the pooled features
+      (ArmoRM, Wang et al. 2024, arXiv 2406.12845, Sec. 3.2).
+
+    Deviation from ArmoRM: the contextual gate reads the same pooled features as the attributes (the
+    whole prompt + response), not a prompt-only hidden state.
+    """
+
+    kind: HeadKind = "multi"
+
+    def __init__(self, hidden_size: int, num_attributes: int, *, gating: Gating = "learned",
+                 weights: Sequence[float] | None = None):
+        super().__init__()
+        if gating not in get_args(Gating):
+            raise ConfigError(f"unknown gating {gating!r}; choose from {list(get_args(Gating))}"
+                              f"{did_you_mean(str(gating), get_args(Gating))}")
+        if num_attributes < 1:
+            raise ConfigError(f"a multi-objective head needs at least one attribute, got {num_attributes}")
+        self.gating = gating
+        self.attributes = nn.Linear(hidden_size, num_attributes)
+        if gating == "fixed":
+            if weights is None or len(weights) != num_attributes:
+                raise ConfigError(f"gating 'fixed' needs {num_attributes} weights (one per attribute), "
+                                  f"got {None if weights is None else list(weights)}")
+            self.register_buffer("fixed_weights", torch.tensor([float(w) for w in weights]))
+        else:
+            self.gate_logits = nn.Parameter(torch.zeros(num_attributes))
+            self.log_scale = nn.Parameter(torch.zeros(()))
+            if gating == "contextual":
+                self.gate = nn.Linear(hidden_size, num_attributes)
+                nn.init.zeros_(self.gate.weight)
+                nn.init.zeros_(self.gate.bias)
+
+    def weights(self) -> Tensor:
+        """The global combination weights (A,): fixed, or ``softmax(ℓ)`` for learned gating."""
+        if self.gating == "fixed":
+            return self.fixed_weights
+        return torch.softmax(self.gate_logits, dim=-1)
+
+    def forward(self, features: Tensor) -> RewardOutput:
+        attrs = self.attributes(features)  # (N, A)
+        if self.gating == "fixed":
+            gate = self.fixed_weights.expand_as(attrs)
+        elif self.gating == "learned":
+            gate = (self.log_scale.exp() * torch.softmax(self.gate_logits, dim=-1)).expand_as(attrs)
+        else:
+            gate = self.log_scale.exp() * torch.softmax(self.gate_logits + self.gate(features), dim=-1)
+        return RewardOutput((gate * attrs).sum(-1), attributes=attrs, gate=gate)  # rewards (N,)
+
+
+class TieHead(ScalarHead):
+    """A scalar reward plus one learned tie parameter (Rao–Kupper ``θ ≥ 1`` or Davidson ``ν ≥ 0``).
+
+    Rao–Kupper (Rao & Kupper 1967), with ``π = exp(r)``:
+    ``P(i ≻ j) = π_i / (π_i + θ π_j) = σ(r_i − r_j − log θ)`` and
+    ``P(tie) = 1 − P(i ≻ j) − P(j ≻ i)``; we keep ``θ = exp(softplus(t)) ≥ 1``.
+
+    Davidson (1970): ``P(i ≻ j) = π_i / (π_i + π_j + ν √(π_i π_j))``,
+    ``P(tie) = ν √(π_i π_j) / (π_i + π_j + ν √(π_i π_j))``; we keep ``ν = exp(t)``.
+
+    The parameter is trained through the registry losses ``rao_kupper`` (``theta=``) and ``davidson``
+    (``nu=``), which accept a tensor: :meth:`loss_params` gives that keyword.
+    ``preference_logits`` stays ``r_a − r_b`` (the log-odds of a over b given no tie, in both models).
+    """
+
+    kind: HeadKind = "tie"
+
+    def __init__(self, hidden_size: int, tie_model: TieModel = DEFAULT_TIE_MODEL, dropout: float = 0.0):
+        super().__init__(hidden_size, dropout)
+        if tie_model not in TIE_MODELS:
+            raise ConfigError(f"unknown tie model {tie_model!r}; choose from {list(TIE_MODELS)}"
+                              f"{did_you_mean(str(tie_model), TIE_MODELS)}")
+        self.tie_model = tie_model
+        self.param = TIE_MODELS[tie_model]
+        """The loss keyword of the learned parameter: ``"theta"`` (Rao–Kupper) or ``"nu"`` (Davidson)."""
+        self.tie_param = nn.Parameter(torch.zeros(()))
+
+    def loss_params(self) -> dict[str, Tensor]:
+        """``{"theta": θ}`` (Rao–Kupper) or ``{"nu": ν}`` (Davidson), differentiable 0-dim tensors."""
+        if self.param == "theta":
+            return {"theta": F.softplus(self.tie_param).exp()}
+        return {"nu": self.tie_param.exp()}
+
+    def outcome_probs(self, a: RewardOutput, b: RewardOutput) -> tuple[Tensor, Tensor, Tensor]:
+        """(P(a ≻ b), P(tie), P(b ≻ a)), each (B,)."""
+        diff = a.rewards - b.rewards  # (B,)
+        if self.param == "theta":
+            log_theta = self.loss_params()["theta"].log()
+            win, lose = torch.sigmoid(diff - log_theta), torch.sigmoid(-diff - log_theta)
+            return win, (1.0 - win - lose).clamp_min(0.0), lose
+        nu = self.loss_params()["nu"]
+        half = diff / 2  # divide every term by sqrt(π_a π_b): exp(±Δ/2) and ν
+        denom = half.exp() + (-half).exp() + nu  # (B,)
+        return half.exp() / denom, nu / denom, (-half).exp() / denom
+
+    def tie_probability(self, diff: Tensor | float = 0.0) -> Tensor:
+        """P(tie) for a reward difference ``diff`` (default: two equally good responses)."""
+        d = torch.as_tensor(diff, dtype=self.tie_param.dtype).reshape(-1)
+        return self.outcome_probs(RewardOutput(d), RewardOutput(torch.zeros_like(d)))[1]
+
+
+class GPMHead(RewardHead):
+    """General Preference Model head (Zhang et al. 2024, arXiv 2410.02197, Sec. 3–4).
+
+    Each sequence gets a preference embedding ``v = normalize(W h) ∈ R^{2k}`` (unit norm, as in the
+    paper). With ``R = blockdiag(λ_1 J, …, λ_k J)``, ``J = [[0, −1], [1, 0]]`` and ``λ_l ≥ 0``::
+
+        s(y_i ≻ y_j) = v_iᵀ R v_j = Σ_l λ_l (v_i[2l+1] v_j[2l] − v_i[2l] v_j[2l+1])
+        P(y_i ≻ y_j) = σ(s(y_i ≻ y_j))
+
+    ``s`` is antisymmetric, so ``P(i ≻ j) + P(j ≻ i) = 1``, and with k ≥ 1 it can express cycles
+    (rock ≻ scissors ≻ paper ≻ rock), which no scalar reward can.
+
+    Deviations: the eigenvalue scales ``λ_l = exp(t_l)`` are learned global parameters (the paper's
+    "eigenvalue scale gate" makes them prompt-dependent); ``rewards`` in the output is the first
+    embedding coordinate scaled by λ_1, only a placeholder: GPM has no scalar reward, so use
+    :meth:`preference_logits` (evaluation and best-of-N do).
+    """
+
+    kind: HeadKind = "gpm"
+
+    def __init__(self, hidden_size: int, dim: int = 4, *, init_scale: float = 4.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ConfigError(f"GPM embedding dim must be an even number >= 2, got {dim}")
+        self.dim = dim
+        self.embed = nn.Linear(hidden_size, dim)
+        self.log_scales = nn.Parameter(torch.full((dim // 2,), math.log(init_scale)))
+
+    def forward(self, features: Tensor) -> RewardOutput:
+        v = F.normalize(self.embed(features), dim=-1)  # (N, 2k)
+        return RewardOutput(v[:, 0] * self.log_scales[0].exp(), embeddings=v)
+
+    def preference_logits(self, a: RewardOutput, b: RewardOutput) -> Tensor:
+        assert a.embeddings is not None and b.embeddings is not None
+        va = a.embeddings.unflatten(-1, (-1, 2))  # (B, k, 2)
+        vb = b.embeddings.unflatten(-1, (-1, 2))  # (B, k, 2)
+        cross = va[..., 1] * vb[..., 0] - va[..., 0] * vb[..., 1]  # (B, k)
+        return (cross * self.log_scales.exp()).sum(-1)  # (B,)
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """The head, pooling and input settings of a reward model (saved as ``reward_config.json``)."""
+
+    head: HeadKind = "scalar"
+    """``"scalar"`` (Bradley–Terry / regression / Plackett–Luce), ``"multi"`` (multi-objective),
+    ``"tie"`` (Rao–Kupper / Davidson tie-aware) or ``"gpm"`` (general preference model)."""
+
+    pooling: Pooling | None = None
+    """``"last"``, ``"mean"`` or ``"cls"``; None picks ``"last"`` for decoders, ``"mean"`` for encoders."""
+
+    max_length: int = 512
+    """Most tokens per sequence (special tokens included)."""
+
+    truncation_side: Literal["left", "right"] = "left"
+    """Which end a too-long sequence loses; ``"left"`` keeps the end of the dialogue (the last turns)."""
+
+    attributes: tuple[str, ...] = ()
+    """Multi-objective head: the attribute names (rating ``attributes`` keys), in order."""
+
+    gating: Gating = "learned"
+    """Multi-objective head: ``"fixed"`` weights, ``"learned"`` global weights, or ``"contextual"``."""
+
+    weights: tuple[float, ...] | None = None
+    """Multi-objective head with fixed gating: one weight per attribute."""
+
+    tie_model: TieModel = DEFAULT_TIE_MODEL
+    """Tie head: its tie loss, ``"rao_kupper"`` (default) or ``"davidson"``."""
+
+    gpm_dim: int = 4
+    """GPM head: preference-embedding size 2k (even)."""
+
+    dropout: float = 0.0
+    """Dropout on the pooled features before a scalar/tie head."""
+
+    def __post_init__(self) -> None:
+        for name, choices in (("head", get_args(HeadKind)), ("gating", get_args(Gating)),
+                              ("tie_model", tuple(TIE_MODELS)), ("truncation_side", ("left", "right"))):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose from {list(choices)}"
+                                  f"{did_you_mean(str(value), choices)}")
+        if self.pooling is not None and self.pooling not in get_args(Pooling):
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose from {list(get_args(Pooling))}"
+                              f"{did_you_mean(str(self.pooling), get_args(Pooling))}")
+        if self.max_length < 4:
+            raise ConfigError(f"max_length must be at least 4, got {self.max_length}")
+        if self.head == "multi" and not self.attributes:
+            raise ConfigError("head 'multi' needs attributes: the names of the rating attributes to predict")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RewardModelConfig:
+        """Build from a mapping; an unknown key is a ConfigError naming the nearest valid one.
+
+        ``lora_r`` / ``lora_alpha`` (LoRA is the run config's ``lora`` section) are refused with a hint.
+        """
+        for old, new in (("lora_r", "lora.r"), ("lora_alpha", "lora.alpha")):
+            if old in values:
+                raise ConfigError(f"reward.{old} is now {new} (the run's one LoRA section; 0 = off)")
+        check_known_keys(values, [f.name for f in fields(cls)], "reward-model option")
+        clean = dict(values)
+        for key in ("attributes", "weights"):
+            if clean.get(key) is not None:
+                clean[key] = tuple(clean[key])
+        return cls(**clean)
+
+
+def make_head(config: RewardModelConfig, hidden_size: int) -> RewardHead:
+    """The head ``config`` asks for, for features of size ``hidden_size``."""
+    if config.head == "scalar":
+        return ScalarHead(hidden_size, config.dropout)
+    if config.head == "multi":
+        return MultiObjectiveHead(hidden_size, len(config.attributes), gating=config.gating,
+                                  weights=config.weights)
+    if config.head == "tie":
+        return TieHead(hidden_size, config.tie_model, config.dropout)
+    return GPMHead(hidden_size, config.gpm_dim)
+
+
+def default_pooling(backbone_config: Any) -> Pooling:
+    """``"mean"`` for encoder (masked-LM family) backbones, ``"last"`` for everything else."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return "mean" if getattr(backbone_config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
+
+
+__all__ = ["Pooling", "HeadKind", "Gating", "TieModel", "TIE_MODELS", "DEFAULT_TIE_MODEL", "RewardOutput", "RewardHead", "ScalarHead",
+           "MultiObjectiveHead", "TieHead", "GPMHead", "RewardModelConfig", "make_head", "default_pooling"]
