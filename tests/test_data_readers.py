@@ -263,3 +263,69 @@ def test_dataset_name_in_source_column_goes_to_metadata() -> None:
         got = load([{**ROWS[0], "source": "evol_instruct"}, {**ROWS[1], "source": "ai:gpt-4"}])
     assert got[0].source is None and got[0].metadata == {"dataset_source": "evol_instruct"}
     assert got[1].source == "ai:gpt-4"
+
+
+# ---- nothing silently changed or lost -------------------------------------------------------------
+
+def test_forced_format_refuses_fields_it_would_drop() -> None:
+    with pytest.raises(DataError, match=r"row fits two layouts: pair \(chosen, rejected\) and ranking \(responses\)"):
+        load([{**ROWS[0], "responses": ["x", "y"]}], format="pair")
+    with pytest.raises(DataError, match="field 'completion' has no place in a pair row"):
+        load([{**ROWS[0], "completion": "x"}])
+
+
+def test_two_columns_for_one_field_must_agree() -> None:
+    rows = [{"question": "q", "prompt": "other", "chosen": "a", "rejected": "b"}]
+    with pytest.raises(DataError, match="columns 'question' and 'prompt' both give field 'prompt'"):
+        load(rows, columns={"prompt": "question"})
+    same = [{"prompt": "q", "instruction": "q", "chosen": "a", "rejected": "b"}]
+    assert load(same) == [Pair("q", "a", "b")]
+
+
+def test_pretty_printed_json_and_json_lines_named_json(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(ROWS[0], indent=2))
+    assert load(path) == EXPECTED[:1]
+    path.write_text(json.dumps(ROWS, indent=2))
+    assert load(path) == EXPECTED
+    (tmp_path / "d.jsonl").write_text(json.dumps(ROWS, indent=2))
+    assert load(tmp_path / "d.jsonl") == EXPECTED
+
+
+def test_integral_float_ranks_are_ranks() -> None:
+    (r,) = load([{"prompt": "p", "responses": ["b", "a", "c"], "ranks": [2.0, 1, 3.0]}])
+    assert r == Ranking("p", ("a", "b", "c"))
+
+
+def test_csv_unbalanced_quote_skips_only_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,chosen,rejected\np1,a,b\np2,"a,b\np3,a,b\np4,a,b\n')
+    with pytest.raises(DataError, match=r"d\.csv line 3: unbalanced quote: the quoted cell in column 'chosen'"):
+        load(path)
+    got = load(path, on_error="skip")
+    assert [r.prompt for r in got] == ["p1", "p3", "p4"] and dict(got.skipped) == {"unbalanced_quote": 1}
+    assert got.rows == 4 and len(got) + sum(got.skipped.values()) == got.rows
+
+
+def test_reading_restores_the_garbage_collector() -> None:
+    import gc
+
+    assert gc.isenabled()
+    load(ROWS)
+    assert gc.isenabled()
+    with pytest.raises(DataError):
+        load([{**ROWS[0], "chosen": ""}])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load(ROWS)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+
+
+def test_datasets_format_does_not_change_values() -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([{**ROWS[0], "weight": 0.5}]).with_format("numpy")
+    (p,) = load(ds)
+    assert p == Pair("What is 2+2?", "Four.", "Five.", weight=0.5) and type(p.weight) is float

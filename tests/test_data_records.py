@@ -7,6 +7,8 @@ import json
 import math
 import subprocess
 import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -64,11 +66,44 @@ def test_common_fields_are_keyword_only() -> None:
     (lambda: Rating("p", "r", score=1, scale=(5, 1)), "field 'scale' must have low < high"),
     (lambda: Rating("p", "r", attributes={"h": "high"}), "field 'attributes.h' must be a number"),
     (lambda: Unpaired("p", "r", 1), "field 'desirable' must be true or false"),
+    # invalid Unicode: no tokenizer can encode a lone surrogate
+    (lambda: Pair("p\ud800", "a", "b"), "field 'prompt' holds invalid Unicode: a lone surrogate"),
+    (lambda: Pair("p", "a", "b", rationale="\udfff"), "field 'rationale' holds invalid Unicode"),
+    (lambda: Pair("p", "a", "b", source="ai:m\ud800"), "field 'source' holds invalid Unicode"),
+    (lambda: Pair([U("q")], [{"role": "assistant", "content": "a\udc80"}], [A("b")]),
+     "field 'chosen' message 0: content holds invalid Unicode"),
+    (lambda: Message("user", "x\ud83d"), "content holds invalid Unicode: a lone surrogate"),
+    # message keys prefkit can't keep are refused, never dropped
+    (lambda: Pair([U("q")], [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}], [A("b")]),
+     "field 'chosen' message 0 has key 'tool_calls', which prefkit can't keep"),
+    (lambda: Pair([{"role": "user", "content": "q", "name": "bob"}], [A("a")], [A("b")]),
+     "field 'prompt' message 0 has key 'name'"),
+    (lambda: Pair("p", [1, 2], "b"), "field 'chosen' must be text or a list of chat messages"),
+    # numbers: too large for a float is named as such
+    (lambda: Pair("p", "a", "b", weight=10**400), "field 'weight' is too large to use as a number (a 401-digit "
+                                                  "integer"),
+    (lambda: Pair("p", "a", "b", strength=Decimal("-1E+400")), "field 'strength' is too large to use as a number"),
+    (lambda: Pair("p", "a", "b", strength=Decimal("sNaN")), "field 'strength' must be finite, got nan"),
+    (lambda: Rating("p", "r", score=1, scale=(0, Decimal("Infinity"))), "field 'scale' must be finite"),
 ])
 def test_validation_names_the_field(build, message) -> None:
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         build()
     assert "\n" not in str(info.value)
+
+
+def test_any_real_number_is_a_number() -> None:
+    np = pytest.importorskip("numpy")
+    for value, expected in ((Decimal("0.25"), 0.25), (Fraction(1, 4), 0.25), (np.float32(0.25), 0.25),
+                            (np.int64(2), 2.0), (10**300, 1e300)):
+        p = Pair("p", "a", "b", weight=value)
+        assert p.weight == expected and type(p.weight) is float
+
+
+def test_null_or_empty_message_extras_carry_nothing_and_are_accepted() -> None:
+    """Arrow gives every message every key seen in the column, null where absent: that loses nothing."""
+    m = {"role": "assistant", "content": "a", "tool_calls": None, "name": "", "function_call": {}}
+    assert Pair([U("q")], [m], [A("b")]).chosen == (A("a"),)
 
 
 def test_empty_assistant_message_is_representable() -> None:

@@ -51,11 +51,12 @@ def _show(console: Console, name: str) -> None:
 
 @click.command("losses")
 @click.argument("name", required=False)
-@click.option("--write-docs", is_flag=True, help="Regenerate docs/losses.md from the registry.")
-def losses(name: str | None, write_docs: bool) -> None:
+@click.option("--write-docs", "write_docs", metavar="PATH", default=None,
+              help="Write the registry's Markdown reference to PATH (the repository's docs/losses.md).")
+def losses(name: str | None, write_docs: str | None) -> None:
     """List the registered losses, or show NAME's formula, parameters and defaults."""
     if write_docs:
-        click.echo(f"wrote {registry.write_docs()}")
+        click.echo(f"wrote {registry.write_docs(write_docs)}")
         return
     console = Console(soft_wrap=False)
     if name is None:

@@ -366,7 +366,7 @@ def _open_path(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any
     if stat.S_ISDIR(st.st_mode):
         return _open_folder(path, name)
     raw = _read_regular(path, name)
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise DataError("file is empty", source=name, reason="empty_file")
     suffixes = [s.lower() for s in path.suffixes]
     if raw[:2] == b"\x1f\x8b" or suffixes[-1:] == [".gz"]:
@@ -377,7 +377,7 @@ def _open_path(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any
                             reason="malformed_file") from None
         if suffixes[-1:] == [".gz"]:
             suffixes = suffixes[:-1]
-        if not raw.strip():
+        if not raw or raw.isspace():
             raise DataError("file is empty (after gzip decompression)", source=name, reason="empty_file")
     kind = suffixes[-1].lstrip(".") if suffixes else ""
     if kind not in ("jsonl", "json", "csv", "parquet"):
@@ -421,14 +421,13 @@ def _decode_text(raw: bytes, name: str) -> tuple[str, bool]:
 
 def _open_folder(path: Path, name: str) -> tuple[str, Iterable[tuple[Location, Any]]]:
     """A folder written by ``save_to_disk``, checked before ``datasets`` opens anything in it."""
-    if (path / "dataset_dict.json").exists() or os.path.islink(path / "dataset_dict.json"):
+    if os.path.lexists(path / "dataset_dict.json"):
         info = _folder_json(path, name, "dataset_dict.json")
         splits = info.get("splits") if isinstance(info, dict) else None
         splits = [s for s in splits if isinstance(s, str)] if isinstance(splits, list) else []
         raise DataError(f"a saved DatasetDict with splits {splits}; pass one split's folder, e.g. "
                         f"{path / (splits[0] if splits else 'train')}", source=name, reason="wrong_type")
-    present = [f for f in ("dataset_info.json", "state.json")
-               if (path / f).exists() or os.path.islink(path / f)]
+    present = [f for f in ("dataset_info.json", "state.json") if os.path.lexists(path / f)]
     if not present:
         raise DataError("is a folder but not one written by datasets' save_to_disk", source=name,
                         reason="wrong_type")
@@ -521,8 +520,11 @@ def _open_dataset(ds: Any, name: str) -> tuple[str, Iterable[tuple[Location, Any
                         f"name, and prefkit reads text only; remove it first, e.g. ds.remove_columns({cols!r})",
                         source=name, field=col, reason="media_column")
     try:
-        if hasattr(ds, "with_format"):
-            ds = ds.with_format(None)  # plain Python values, whatever format the folder or caller set
+        fmt = getattr(ds, "format", None)
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "python", "custom"):
+            # plain Python values, not the arrays or tensors a numpy/torch/... format would give
+            ds = ds.with_format(None, columns=fmt.get("columns"), output_all_columns=fmt.get("output_all_columns",
+                                                                                          False))
         return name, [(("row", i), row) for i, row in enumerate(ds)]
     except Exception as err:  # a damaged Arrow file shows up while reading rows
         raise DataError(f"can't read the dataset's rows ({type(err).__name__}: {_first_line(err)})",
@@ -664,6 +666,7 @@ def _find(value: Any, test: Any) -> tuple[str, str, Any] | None:
 
 
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a \u escape JSON turns into a surrogate
 
 
 def _bad_byte(char: str) -> str:
@@ -692,7 +695,7 @@ def _text_checked(value: Any, raw: str, bad_bytes: bool) -> Any:
                              reason="encoding")
     if isinstance(value, DataError):
         return value
-    if "\\ud" in raw or "\\uD" in raw:
+    if _ESCAPED_SURROGATE.search(raw):
         hit = _find(value, _surrogate)
         if hit:
             top, path, s = hit
@@ -770,7 +773,7 @@ def _json_document_rows(text: str, name: str, bad_bytes: bool, start: int) -> li
 
 def _json_array_rows(text: str, name: str, bad_bytes: bool, start: int) -> list[tuple[Location, Any]]:
     rows: list[tuple[Location, Any]] = []
-    check = bad_bytes or "\\ud" in text or "\\uD" in text
+    check = bad_bytes or _ESCAPED_SURROGATE.search(text)
     counted, line = 0, 1
 
     def line_at(p: int) -> int:  # positions only grow: count newlines once
@@ -958,7 +961,7 @@ def _json_text(text: str, field: str) -> Any:
             raise _err(field, f"is nested too deeply (lists/objects more than {MAX_DEPTH} levels inside each "
                               "other)", "too_deep")
         raise DataError(f"field {field!r} (JSON text): {value.message}", field=field, reason=value.reason)
-    if "\\ud" in text or "\\uD" in text:
+    if _ESCAPED_SURROGATE.search(text):
         hit = _find(value, _surrogate)
         if hit:
             path = field + (hit[1] if hit[1].startswith("[") else f".{hit[1]}" if hit[1] else "")

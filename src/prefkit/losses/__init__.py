@@ -304,6 +304,11 @@ LOSSES: dict[str, LossSpec] = {
     # --- end reward models ---
 }
 
-__all__ = ["LOSSES", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param",
+DEFAULT_LOSS = "dpo"
+"""The loss of a run config that names none (``loss.name``)."""
+DEFAULT_REWARD_LOSS = "bradley_terry"
+"""The loss of a reward-model job that names none."""
+
+__all__ = ["LOSSES", "DEFAULT_LOSS", "DEFAULT_REWARD_LOSS", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param",
            "PairScores", "ListScores", "RatingScores", "get_loss", "validate_loss_params", "names_of",
            "reward_losses", "reference_free_pair_losses"]

@@ -16,12 +16,9 @@ Conventions shared by every loss here (see ``prefkit.losses.types``):
 - NLL terms (``cpo``, ``orpo``, ``rpo``, ``slic``) use the policy's chosen log-probs divided by the
   chosen token count (per-token NLL, as ORPO and iterative RPO define it and as CPO's and SLiC's
   released code compute cross-entropy); see each docstring;
-- each docstring has the one format of ``prefkit.losses.registry``: a summary line, ``Formula:`` and
-  ``References:`` sections (the paper by arXiv id, with the equation number where it was checked,
-  otherwise the name the paper gives the objective), then shapes, sign convention, deviations;
-- parameter ranges are checked once, by the registry's ``Param`` bounds when a config is parsed
-  (``validate_loss_params``); the functions here do not re-check them. Only checks on the *inputs*
-  (a missing reference or strength, strengths outside what a loss can use) raise here;
+- docstrings: summary, ``Formula:``, ``References:`` (arXiv id, equation number where checked, else the
+  paper's name for the objective), shapes, sign convention, deviations. Parameter ranges are only the
+  registry's ``Param`` bounds (checked when a config is parsed); bodies check only their inputs;
 - results keep the input dtype and device; everything is written with ``logsigmoid`` / ``softplus``
   so values and gradients stay finite for log-ratios of ±1e4 and one-token completions.
 """
@@ -80,20 +77,11 @@ def _strength(strength: Tensor | None, like: Tensor, loss: str) -> Tensor:
 
 
 def _log1mexp(m: Tensor) -> Tensor:
-    """log(1 − exp(m)), elementwise, accurate for every m < 0.
-
-    log(−expm1(m)) for m > −ln 2, log1p(−exp(m)) below (Mächler 2012, "Accurately Computing
-    log(1 − exp(−|a|)) Assessed by the Rmpfr package"); each branch only sees its own range, so the
-    branch ``torch.where`` drops cannot put inf/NaN into the gradient.
-    """
+    """log(1 − exp(m)) for m < 0: log(−expm1(m)) above −ln 2, log1p(−exp(m)) below (Mächler 2012,
+    "Accurately Computing log(1 − exp(−|a|))"); each branch sees only its range, so gradients stay finite."""
     near_zero = torch.log(-torch.expm1(m.clamp(min=-_LN2)))
     far = torch.log1p(-torch.exp(m.clamp(max=-_LN2)))
     return torch.where(m > -_LN2, near_zero, far)
-
-
-def _below_zero(m: Tensor) -> Tensor:
-    """``m`` with values >= 0 set to −(smallest normal of the dtype), where log(1 − exp(m)) is finite."""
-    return m.clamp(max=-torch.finfo(m.dtype).tiny)
 
 
 def _bce(logits: Tensor, p: Tensor | float) -> Tensor:
@@ -123,14 +111,10 @@ def dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Model", arXiv 2305.18290, Eq. 7 (ε = 0). cDPO (ε > 0): Mitchell 2023, "A note on DPO with noisy
         preferences & relationship to IPO".
 
-    cDPO is the BCE against a label that is right with probability 1 − ε. It stays biased under label
-    noise; ``robust_dpo`` is the unbiased form.
-
-    Shapes: every tensor of ``policy`` / ``reference`` (B,); returns losses (B,).
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio per
-    response (detached).
-    Typical: β 0.1–0.5; ε 0–0.2.
-    Deviations from the paper: none.
+    cDPO is the BCE against a label that is right with probability 1 − ε. It stays biased under label noise;
+    ``robust_dpo`` is the unbiased form. Shapes: every tensor of ``policy`` / ``reference`` (B,); returns
+    losses (B,). Sign convention: higher log-prob = more likely, loss minimised; rewards are β·logratio per
+    response (detached). Typical: β 0.1–0.5; ε 0–0.2. Deviations from the paper: none.
     """
     reference = _need_reference(reference, "dpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -151,13 +135,10 @@ def robust_dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 
         Chowdhury, Kini & Natarajan 2024, "Provably Robust DPO: Aligning Language Models with Noisy
         Feedback", arXiv 2403.00409, the de-biased loss ℓ̂_ε.
 
-    Its expectation over random flips of rate ε equals the clean DPO loss; ε = 0 is DPO. Unlike DPO
-    the loss is not bounded below (the −ε·ℓ(−z) term can dominate); that is the paper's estimator,
-    kept as is. ε = ``label_smoothing`` must stay below 0.5 (the divisor 1 − 2ε).
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Deviations from the paper: none.
+    Its expectation over random flips of rate ε equals the clean DPO loss; ε = 0 is DPO. Unlike DPO the loss
+    is not bounded below (the −ε·ℓ(−z) term can dominate); that is the paper's estimator, kept as is. ε =
+    ``label_smoothing`` must stay below 0.5 (the divisor 1 − 2ε). Shapes: (B,) everywhere. Sign convention:
+    higher log-prob = more likely, loss minimised; rewards are β·logratio. Deviations from the paper: none.
     """
     reference = _need_reference(reference, "robust_dpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -178,13 +159,11 @@ def dpo_soft(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor
         Zhang et al. 2024, "Online Self-Preferring Language Models", arXiv 2405.14103, the
         soft-preference cross-entropy (also the smoothed-label DPO of SmPO).
 
-    p = ``strength`` (B,) is the probability that the "chosen" response is preferred (e.g. an
-    annotator vote share or a reward model's σ(r_w − r_l)); p = 1 is DPO, a constant p = 1 − ε is cDPO.
-
-    Shapes: (B,) everywhere, ``strength`` (B,) in [0, 1] (a DataError otherwise).
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Deviations from the paper: OSP obtains p from self-judged strengths; here p is whatever the data
-    supplies.
+    p = ``strength`` (B,) is the probability that the "chosen" response is preferred (e.g. an annotator vote
+    share or a reward model's σ(r_w − r_l)); p = 1 is DPO, a constant p = 1 − ε is cDPO. Shapes: (B,)
+    everywhere, ``strength`` (B,) in [0, 1] (a DataError otherwise). Sign convention: higher log-prob = more
+    likely, loss minimised; rewards are β·logratio. Deviations from the paper: OSP obtains p from
+    self-judged strengths; here p is whatever the data supplies.
     """
     reference = _need_reference(reference, "dpo_soft")
     p = _strength(strength, policy.chosen_logps, "dpo_soft")  # (B,)
@@ -207,12 +186,9 @@ def ln_dpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 1.0)
         Saeidi et al. 2024, "The Hitchhiker's Guide to Human Alignment with *PO", arXiv 2407.15229,
         LN-DPO; TRL's ``sigmoid_norm`` is the same idea.
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio/|y|
-    (the quantity inside the sigmoid).
-    Typical: per-token log-ratios are |y| times smaller than summed ones, so β is chosen larger than
-    DPO's (default 1.0).
-    Deviations from the paper: none.
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio/|y| (the quantity inside the sigmoid). Typical: per-token log-ratios are |y| times smaller
+    than summed ones, so β is chosen larger than DPO's (default 1.0). Deviations from the paper: none.
     """
     reference = _need_reference(reference, "ln_dpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -233,12 +209,10 @@ def ipo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) ->
         Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
         Preferences", arXiv 2310.12036, Eq. 17.
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio
-    (τ·logratio).
-    Typical: τ 0.01–1.
-    Deviations from the paper: none — h uses *summed* log-probs as in the paper; TRL's ``ipo``
-    averages log-probs over tokens instead (use ``ln_dpo``-style normalisation yourself if wanted).
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio (τ·logratio). Typical: τ 0.01–1. Deviations from the paper: none — h uses *summed* log-probs
+    as in the paper; TRL's ``ipo`` averages log-probs over tokens instead (use ``ln_dpo``-style
+    normalisation yourself if wanted).
     """
     reference = _need_reference(reference, "ipo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -257,15 +231,11 @@ def rdpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Park, Rafailov, Ermon & Finn 2024, "Disentangling Length from Quality in Direct Preference
         Optimization", arXiv 2403.19159, the R-DPO objective.
 
-    It follows from maximising r(x, y) − α|y| under the KL constraint: the implicit reward is
-    β·logratio + α·|y|, so a long chosen response needs a smaller log-ratio margin and length is not
-    rewarded. α = 0 is DPO.
-
-    Shapes: (B,) everywhere; |y| = token counts.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio (the
-    length term is reported in ``metrics["length_term"]``).
-    Typical: α 0.005–0.05 with β 0.1.
-    Deviations from the paper: none.
+    It follows from maximising r(x, y) − α|y| under the KL constraint: the implicit reward is β·logratio +
+    α·|y|, so a long chosen response needs a smaller log-ratio margin and length is not rewarded. α = 0 is
+    DPO. Shapes: (B,) everywhere; |y| = token counts. Sign convention: higher log-prob = more likely, loss
+    minimised; rewards are β·logratio (the length term is reported in ``metrics["length_term"]``). Typical:
+    α 0.005–0.05 with β 0.1. Deviations from the paper: none.
     """
     reference = _need_reference(reference, "rdpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -286,10 +256,8 @@ def dpop(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
         arXiv 2402.13228, Eq. 3.
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio; the
-    penalty max(0, ·) is ``metrics["penalty"]``.
-    Typical: λ 5–500 (paper: 50). λ = 0 is DPO.
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio; the penalty max(0, ·) is ``metrics["penalty"]``. Typical: λ 5–500 (paper: 50). λ = 0 is DPO.
     Deviations from the paper: none.
     """
     reference = _need_reference(reference, "dpop")
@@ -312,13 +280,9 @@ def odpo(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor | N
 
     s = ``strength`` (B,) is how much better the chosen response is (e.g. a reward or score gap). The
     paper's experiments use Δ = α·log(score_w − score_l) (``offset="log"``, needs s > 0, a DataError
-    otherwise). Δ = 0 is DPO.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio; Δ is
-    ``metrics["offset"]``.
-    Deviations from the paper: none (the offset function f(·) is left general in the paper; two
-    choices offered).
+    otherwise). Δ = 0 is DPO. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss
+    minimised; rewards are β·logratio; Δ is ``metrics["offset"]``. Deviations from the paper: none (the
+    offset function f(·) is left general in the paper; two choices offered).
     """
     reference = _need_reference(reference, "odpo")
     s = _strength(strength, policy.chosen_logps, "odpo")  # (B,)
@@ -334,8 +298,7 @@ def odpo(policy: PairLogps, reference: PairLogps | None, *, strength: Tensor | N
     return _out(losses, beta * chosen_logratios, beta * rejected_logratios, offset=delta)
 
 
-# f′(u) − f′(1) of each f-divergence as a function of logratio = log u and α, (B,) -> (B,); zero where
-# π = π_ref. See ``fdpo``.
+# f′(u) − f′(1) of each divergence from logratio = log u (B,) and α; zero where π = π_ref (see fdpo).
 _F_PRIME: dict[str, Callable[[Tensor, float], Tensor]] = {
     "reverse_kl": lambda logratios, alpha: logratios,  # log u
     "forward_kl": lambda logratios, alpha: -torch.expm1((-logratios).clamp(max=_EXP_CLAMP)),  # 1 − 1/u
@@ -361,15 +324,12 @@ def fdpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
         Divergence Constraints", arXiv 2309.16240, the f-DPO objective, with f′ from its table.
 
-    Constants in f′ cancel in the difference; we use f′(u) − f′(1), which is 0 where π = π_ref.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are
-    β·(f′(u) − f′(1)) per response (the paper's reward parametrisation up to a constant); for reverse KL
-    that is β·logratio, i.e. DPO's.
-    Deviations from the paper: for ``forward_kl`` and ``alpha`` the exponent −logratio (resp.
-    −α·logratio) is clamped at 30 so the loss stays finite when the policy is more than 30 nats below
-    the reference (gradient zero beyond that point); the paper has no clamp.
+    Constants in f′ cancel in the difference; we use f′(u) − f′(1), which is 0 where π = π_ref. Shapes: (B,)
+    everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are β·(f′(u) −
+    f′(1)) per response (the paper's reward parametrisation up to a constant); for reverse KL that is
+    β·logratio, i.e. DPO's. Deviations from the paper: for ``forward_kl`` and ``alpha`` the exponent
+    −logratio (resp. −α·logratio) is clamped at 30 so the loss stays finite when the policy is more than 30
+    nats below the reference (gradient zero beyond that point); the paper has no clamp.
     """
     reference = _need_reference(reference, "fdpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -392,12 +352,10 @@ def rpo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Adversarial Regularizer", arXiv 2405.16436, the RPO objective; the same form is the loss of
         iterative RPO (Pang et al. 2024, arXiv 2404.19733).
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio; the
-    NLL is ``metrics["nll"]``.
-    Deviations from the paper: the NLL is per token (divided by |y_w|), as in Pang et al. and TRL's
-    ``rpo_alpha``; Liu et al. write the summed log-likelihood of a baseline response, which we take to
-    be y_w.
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio; the NLL is ``metrics["nll"]``. Deviations from the paper: the NLL is per token (divided by
+    |y_w|), as in Pang et al. and TRL's ``rpo_alpha``; Liu et al. write the summed log-likelihood of a
+    baseline response, which we take to be y_w.
     """
     reference = _need_reference(reference, "rpo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -419,11 +377,9 @@ def rso_hinge(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0
         Liu et al. 2023, "Statistical Rejection Sampling Improves Preference Optimization",
         arXiv 2309.06657, the hinge-norm loss.
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Typical: β (RSO's γ) 0.05–0.5.
-    Deviations from the paper: none. Not differentiable at β·h = 1 (subgradient 0 there, as torch.relu
-    gives).
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio. Typical: β (RSO's γ) 0.05–0.5. Deviations from the paper: none. Not differentiable at β·h =
+    1 (subgradient 0 there, as torch.relu gives).
     """
     reference = _need_reference(reference, "rso_hinge")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -444,11 +400,9 @@ def exo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment",
         arXiv 2402.00856, the EXO loss with K = 2 responses and binary preference labels.
 
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Typical: ε 1e-3.
-    Deviations from the paper: none (the paper's β_r-tempered reward distribution becomes the
-    ε-smoothed label for binary preference data, as in its pairwise experiments).
+    Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are
+    β·logratio. Typical: ε 1e-3. Deviations from the paper: none (the paper's β_r-tempered reward
+    distribution becomes the ε-smoothed label for binary preference data, as in its pairwise experiments).
     """
     reference = _need_reference(reference, "exo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -470,12 +424,9 @@ def nca(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) ->
         Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards",
         arXiv 2402.05369, the NCA loss for K = 2 responses with a one-hot preference.
 
-    Unlike DPO it optimises each response's absolute reward, so the chosen likelihood is not pushed
-    down together with the rejected one.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Deviations from the paper: none.
+    Unlike DPO it optimises each response's absolute reward, so the chosen likelihood is not pushed down
+    together with the rejected one. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely,
+    loss minimised; rewards are β·logratio. Deviations from the paper: none.
     """
     reference = _need_reference(reference, "nca")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -497,20 +448,18 @@ def bco_pair(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
         Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
         arXiv 2404.04656, the BCO loss (binary cross-entropy with reward shift δ), on pairs.
 
-    δ is, in the paper, a running mean of the rewards of past batches (detached). Here it is a
-    parameter (default 0); the registry marks this loss ``running_reward_mean``, so the trainer passes
-    the running mean as ``delta`` each step.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Deviations from the paper: δ is not tracked inside the loss (pure function); δ = 0 unless the
-    caller passes one.
+    δ is, in the paper, a running mean of the rewards of past batches (detached). Here it is a parameter
+    (default 0); the registry marks this loss ``running_reward_mean``, so the trainer passes the running
+    mean as ``delta`` each step. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely,
+    loss minimised; rewards are β·logratio. Deviations from the paper: δ is not tracked inside the loss
+    (pure function); δ = 0 unless the caller passes one.
     """
     reference = _need_reference(reference, "bco_pair")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
     chosen_rewards, rejected_rewards = beta * chosen_logratios, beta * rejected_logratios
     losses = -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
-    return _out(losses, chosen_rewards, rejected_rewards)
+    return LossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(),
+                      metrics={"bco/delta": torch.as_tensor(float(delta))})
 
 
 def sppo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) -> LossOutput:
@@ -525,12 +474,10 @@ def sppo(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1) -
         Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment",
         arXiv 2405.00675, the SPPO objective (hard labels).
 
-    The reference is the previous iterate π_t.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Deviations from the paper: the paper estimates P̂ with a preference model against samples of π_t;
-    the hard-label form (TRL's ``sppo_hard``) replaces it by the pair's label.
+    The reference is the previous iterate π_t. Shapes: (B,) everywhere. Sign convention: higher log-prob =
+    more likely, loss minimised; rewards are β·logratio. Deviations from the paper: the paper estimates P̂
+    with a preference model against samples of π_t; the hard-label form (TRL's ``sppo_hard``) replaces it by
+    the pair's label.
     """
     reference = _need_reference(reference, "sppo")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -549,10 +496,8 @@ def apo_zero(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
         D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
         arXiv 2408.06266, Eq. 7.
 
-    For pairs where the chosen response is better than the model's outputs.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
+    For pairs where the chosen response is better than the model's outputs. Shapes: (B,) everywhere.
+    Sign convention: higher log-prob = more likely, loss minimised; rewards are β·logratio.
     Deviations from the paper: none (TRL adds the constant 1; gradients are identical).
     """
     reference = _need_reference(reference, "apo_zero")
@@ -572,10 +517,8 @@ def apo_down(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
         D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
         arXiv 2408.06266, Eq. 8.
 
-    For pairs where the chosen response is worse than the model's outputs.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
+    For pairs where the chosen response is worse than the model's outputs. Shapes: (B,) everywhere.
+    Sign convention: higher log-prob = more likely, loss minimised; rewards are β·logratio.
     Deviations from the paper: none (TRL adds the constant 1; gradients are identical).
     """
     reference = _need_reference(reference, "apo_down")
@@ -597,15 +540,12 @@ def discopop(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.
         Lu et al. 2024, "Discovering Preference Optimization Algorithms with and for Large Language
         Models", arXiv 2406.08414, LRML.
 
-    A blend of the logistic (DPO) and exponential losses, switched by the sign of ρ. The second term
-    is computed as exp(log σ(ρ/τ) − ρ), finite for any ρ when τ ≤ 1. The loss is not monotone in ρ
-    (the paper notes it is non-convex): with τ = 0.05 it has a local minimum at ρ ≈ −0.12 and a local
-    maximum at ρ ≈ 0.07, so at policy = reference (ρ = 0) its gradient pushes ρ slightly negative.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio.
-    Typical: β 0.05, τ 0.05 (paper).
-    Deviations from the paper: none.
+    A blend of the logistic (DPO) and exponential losses, switched by the sign of ρ. The second term is
+    computed as exp(log σ(ρ/τ) − ρ), finite for any ρ when τ ≤ 1. The loss is not monotone in ρ (the paper
+    notes it is non-convex): with τ = 0.05 it has a local minimum at ρ ≈ −0.12 and a local maximum at ρ ≈
+    0.07, so at policy = reference (ρ = 0) its gradient pushes ρ slightly negative. Shapes: (B,) everywhere.
+    Sign convention: higher log-prob = more likely, loss minimised; rewards are β·logratio. Typical: β 0.05,
+    τ 0.05 (paper). Deviations from the paper: none.
     """
     reference = _need_reference(reference, "discopop")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -628,14 +568,10 @@ def aot(policy: PairLogps, reference: PairLogps | None, *, beta: float = 0.1,
         Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport",
         arXiv 2406.05882, AOT paired / unpaired (sorting = 1-D optimal transport).
 
-    The losses are per *quantile*: element i pairs the i-th smallest values across the batch, so it
-    is not tied to pair i and the loss depends on the whole batch (use batch sizes > 1). The mean
-    over the batch is the paper's objective.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·logratio of
-    pair i (not sorted).
-    Deviations from the paper: none.
+    The losses are per *quantile*: element i pairs the i-th smallest values across the batch, so it is not
+    tied to pair i and the loss depends on the whole batch (use batch sizes > 1). The mean over the batch is
+    the paper's objective. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss
+    minimised; rewards are β·logratio of pair i (not sorted). Deviations from the paper: none.
     """
     reference = _need_reference(reference, "aot")
     chosen_logratios, rejected_logratios = _logratios(policy, reference)
@@ -663,13 +599,9 @@ def simpo(policy: PairLogps, reference: PairLogps | None = None, *, beta: float 
         Meng, Xia & Chen 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
         arXiv 2405.14734, Eq. 6.
 
-    ``reference`` is ignored.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are the implicit
-    SimPO reward β/|y|·log π(y) (no reference).
-    Typical: β 2.0–2.5, γ/β 0.3–0.8 (paper).
-    Deviations from the paper: none (TRL parametrises γ as γ/β).
+    ``reference`` is ignored. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss
+    minimised; rewards are the implicit SimPO reward β/|y|·log π(y) (no reference). Typical: β 2.0–2.5, γ/β
+    0.3–0.8 (paper). Deviations from the paper: none (TRL parametrises γ as γ/β).
     """
     chosen_tokens, rejected_tokens = _tokens(policy)
     chosen_rewards = beta * policy.chosen_logps / chosen_tokens  # (B,)
@@ -689,13 +621,11 @@ def cpo(policy: PairLogps, reference: PairLogps | None = None, *, beta: float = 
         Xu et al. 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
         in Machine Translation", arXiv 2401.08417, L_CPO = L_prefer + L_NLL.
 
-    ``reference`` is ignored (CPO replaces π_ref by a uniform reference, whose log-ratio cancels).
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are β·log π(y) (no
-    reference). The NLL is ``metrics["nll"]``.
-    Deviations from the paper: the behaviour-cloning NLL is averaged over tokens (the paper writes
-    −log π(y_w|x); its released code and TRL use the token-mean cross-entropy); α (paper: 1) weights it.
+    ``reference`` is ignored (CPO replaces π_ref by a uniform reference, whose log-ratio cancels). Shapes:
+    (B,) everywhere. Sign convention: higher log-prob = more likely, loss minimised; rewards are β·log π(y)
+    (no reference). The NLL is ``metrics["nll"]``. Deviations from the paper: the behaviour-cloning NLL is
+    averaged over tokens (the paper writes −log π(y_w|x); its released code and TRL use the token-mean
+    cross-entropy); α (paper: 1) weights it.
     """
     chosen_rewards, rejected_rewards = beta * policy.chosen_logps, beta * policy.rejected_logps
     nll = _chosen_nll(policy)  # (B,)
@@ -715,20 +645,18 @@ def orpo(policy: PairLogps, reference: PairLogps | None = None, *, lam: float = 
         Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
         arXiv 2403.07691, L_ORPO = L_SFT + λ·L_OR.
 
-    ``reference`` is ignored. log(1 − exp(m)) is computed stably for every m < 0 (``_log1mexp``), so
-    log-odds near P = 1 (a memorised response, m just below 0) keep their value and gradient.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are λ·log odds(y)
-    (the odds ratio is the loss's implicit preference score). Metrics: ``nll``, ``log_odds_ratio``.
-    Deviations from the paper: only m ≥ 0 (P = 1 exactly, or log-probs > 0, which real models never
-    give) is changed: it is clamped to the largest negative normal number of the dtype (−1.2e-38 in
-    fp32/bf16, −2.2e-308 in fp64), so log odds is large but finite (≈ 87 in fp32) with zero gradient
-    there, instead of inf/NaN.
+    ``reference`` is ignored. log(1 − exp(m)) is computed stably for every m < 0, so log odds near P = 1 (a
+    memorised response) keep their value and gradient. Shapes: (B,) everywhere. Sign convention: higher
+    log-prob = more likely, loss minimised; rewards are λ·log odds(y) (the odds ratio is the implicit
+    preference score). Metrics: ``nll``, ``log_odds_ratio``. Deviations from the paper: only m ≥ 0 (P = 1,
+    or malformed log-probs > 0) changes: it is clamped to −(smallest normal) of the dtype (−1.2e-38 in
+    fp32/bf16, −2.2e-308 in fp64), so log odds is large but finite (≈ 87 in fp32), with zero gradient,
+    instead of inf/NaN.
     """
     chosen_tokens, rejected_tokens = _tokens(policy)
-    chosen_mean = _below_zero(policy.chosen_logps / chosen_tokens)  # (B,) log P(y_w)
-    rejected_mean = _below_zero(policy.rejected_logps / rejected_tokens)  # (B,) log P(y_l)
+    below_zero = -torch.finfo(policy.chosen_logps.dtype).tiny  # m >= 0 goes here: log(1 − e^m) finite
+    chosen_mean = (policy.chosen_logps / chosen_tokens).clamp(max=below_zero)  # (B,) log P(y_w)
+    rejected_mean = (policy.rejected_logps / rejected_tokens).clamp(max=below_zero)  # (B,) log P(y_l)
     chosen_log_odds = chosen_mean - _log1mexp(chosen_mean)  # (B,)
     rejected_log_odds = rejected_mean - _log1mexp(rejected_mean)  # (B,)
     log_odds_ratio = chosen_log_odds - rejected_log_odds
@@ -749,15 +677,12 @@ def slic(policy: PairLogps, reference: PairLogps | None = None, *, delta: float 
         Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
         arXiv 2305.10425, the calibration loss with regularisation.
 
-    ``reference`` is ignored.
-
-    Shapes: (B,) everywhere.
-    Sign convention: log-probs are log-likelihoods; the loss is minimised; rewards are log π(y) (the
-    calibrated score). The NLL is ``metrics["nll"]``.
+    ``reference`` is ignored. Shapes: (B,) everywhere. Sign convention: higher log-prob = more likely, loss
+    minimised; rewards are log π(y) (the calibrated score). The NLL is ``metrics["nll"]``.
     Deviations from the paper: the paper regularises towards the SFT target y_ref; we use the chosen
-    response y_w (the "SLiC-HF with positive target" choice) and average its NLL over tokens. λ defaults
-    to 0 (pure hinge, as TRL's ``hinge`` without a reference); the paper tunes λ > 0 per task.
-    Not differentiable at the hinge point (subgradient 0 there).
+    response y_w (the "SLiC-HF with positive target" choice) and average its NLL over tokens. λ defaults to
+    0 (pure hinge, as TRL's ``hinge`` without a reference); the paper tunes λ > 0 per task. Not
+    differentiable at the hinge point (subgradient 0 there).
     """
     nll = _chosen_nll(policy)  # (B,)
     losses = torch.relu(delta - policy.chosen_logps + policy.rejected_logps) + lam * nll

@@ -12,8 +12,8 @@ The registry itself is the dict literal in ``prefkit/losses/__init__.py``; nothi
   loss function's docstring.
 - ``names_of(predicate)``, ``reward_losses()``, ``reference_free_pair_losses()``: sorted registry names
   selected by their spec, for messages and checks that would otherwise list loss names by hand.
-- ``render_docs()``: the text of ``docs/losses.md``; regenerate it with ``prefkit losses --write-docs``
-  or ``python -m prefkit.losses.registry --write-docs`` (``--check`` exits 1 when it is stale; runpy
+- ``render_docs()``: the text of ``docs/losses.md``; regenerate it with ``prefkit losses --write-docs docs/losses.md``
+  or ``python -m prefkit.losses.registry --write-docs PATH`` (``--check`` exits 1 when it is stale; runpy
   warns that the module was already imported by its package, which is harmless).
 
 How a loss is called (the trainer's side of the contract): ``spec.fn(policy, reference, **inputs,
@@ -49,8 +49,8 @@ from typing import Any
 from prefkit.errors import ConfigError, did_you_mean
 from prefkit.losses.types import LossSpec, Param
 
-DOCS_PATH = Path(__file__).resolve().parents[3] / "docs" / "losses.md"
-REGENERATE = "prefkit losses --write-docs"
+REGENERATE = "prefkit losses --write-docs docs/losses.md"
+"""The command that regenerates the repository's ``docs/losses.md`` (run from the repository root)."""
 
 
 def _registry() -> dict[str, LossSpec]:
@@ -263,27 +263,29 @@ def render_docs() -> str:
     return "\n".join(out) + "\n"
 
 
-def write_docs(path: Path = DOCS_PATH) -> Path:
-    """Write ``render_docs()`` to ``path`` (``docs/losses.md`` by default)."""
+def write_docs(path: str | Path) -> Path:
+    """Write ``render_docs()`` to ``path`` (the repository's ``docs/losses.md``)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_docs(), encoding="utf-8")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m prefkit.losses.registry --write-docs | --check``."""
+    """``python -m prefkit.losses.registry --write-docs PATH | --check PATH``."""
     parser = argparse.ArgumentParser(prog="python -m prefkit.losses.registry", description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write-docs", action="store_true", help=f"write {DOCS_PATH}")
-    group.add_argument("--check", action="store_true", help="exit 1 if the docs are stale")
+    group.add_argument("--write-docs", metavar="PATH", help="write the generated Markdown to PATH")
+    group.add_argument("--check", metavar="PATH", help="exit 1 if PATH differs from the generated Markdown")
     args = parser.parse_args(argv)
     if args.write_docs:
-        print(f"wrote {write_docs()}")
+        print(f"wrote {write_docs(args.write_docs)}")
         return 0
-    if not DOCS_PATH.exists() or DOCS_PATH.read_text(encoding="utf-8") != render_docs():
-        print(f"{DOCS_PATH} is stale; run `{REGENERATE}`", file=sys.stderr)
+    path = Path(args.check)
+    if not path.exists() or path.read_text(encoding="utf-8") != render_docs():
+        print(f"{path} is stale; run `{REGENERATE}`", file=sys.stderr)
         return 1
-    print(f"{DOCS_PATH} is up to date")
+    print(f"{path} is up to date")
     return 0
 
 

@@ -111,7 +111,7 @@ def bco(policy: UnpairedLogps, reference: UnpairedLogps, *, labels: Tensor, beta
     shifted = rewards - delta  # (B,)
     losses = torch.where(desirable, F.softplus(-shifted), F.softplus(shifted))  # −log σ(±(r − δ))
     return LossOutput(losses=losses, rewards=rewards.detach(),
-                      metrics={"bco/rewards_mean": rewards.detach().mean()})
+                      metrics={"bco/rewards_mean": rewards.detach().mean(), "bco/delta": torch.as_tensor(float(delta))})
 
 
 __all__ = ["kto", "bco"]

@@ -256,7 +256,7 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
             units = (torch.arange(b_size)[None] * (g_size + 1) + torch.arange(1, g_size + 1)[:, None]).flatten()  # row n
         unit_len = torch.zeros(b_size * (g_size + 1), dtype=torch.long).index_add_(
             0, grid_doc.flatten(), piece_len.flatten())  # (B * (G + 1),) by unit id
-        lengths = unit_len[units].tolist()
+        unit_ids, lengths = units.tolist(), unit_len[units].tolist()
         rows = _bins(lengths, max(max(lengths), max_row_tokens or 0))
         length = max(sum(lengths[i] for i in row) for row in rows)
         n_rows = len(rows)
@@ -265,7 +265,7 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
         for r, row in enumerate(rows):
             offset = r * length
             for i in row:
-                base[int(units[i])] = offset
+                base[unit_ids[i]] = offset
                 offset += lengths[i]
             used.append(offset - r * length)
         unit_first = torch.where(is_shared[:, None], starts[:, :1], starts)  # (B, G + 1) one-row start of the unit

@@ -31,6 +31,7 @@ import yaml
 
 from prefkit.data.encode import EncodeConfig
 from prefkit.errors import ConfigError, did_you_mean
+from prefkit.losses import DEFAULT_LOSS, DEFAULT_REWARD_LOSS
 from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfig
 
 POLICY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -141,7 +142,7 @@ class DataConfig:
 class LossConfig:
     """The loss: a registry name plus its parameters (``loss.beta=0.2``); see ``prefkit losses``."""
 
-    name: str = "dpo"
+    name: str = DEFAULT_LOSS
     """Registry name of the loss (``prefkit losses`` lists them)."""
     params: dict[str, Any] = field(default_factory=dict)
     """The loss's keyword parameters; written flat in the section (``loss: {name: dpo, beta: 0.2}``)."""
@@ -545,7 +546,7 @@ def check_head_and_loss(head: str, loss_name: str, spec: Any, tie_model: str | N
                               f"{list(spec.head_params)}; pick the tie loss of that model")
 
 
-REWARD_BASE: dict[str, Any] = {"reward": {}, "loss": {"name": "bradley_terry"}, "output": {"dir": "runs/rm"},
+REWARD_BASE: dict[str, Any] = {"reward": {}, "loss": {"name": DEFAULT_REWARD_LOSS}, "output": {"dir": "runs/rm"},
                                "encode": {"add_bos": False, "add_eos": False}}
 """What a reward-model job changes in the defaults: a ``reward`` section, the ``bradley_terry`` loss,
 ``runs/rm``, and encoding without BOS/EOS (the reward model adds its tokenizer's own special tokens and
