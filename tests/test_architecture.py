@@ -105,3 +105,16 @@ def test_no_loss_name_outside_the_registry():
 def test_no_source_file_over_700_lines():
     long = {str(p.relative_to(ROOT)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 700}
     assert not long, long
+
+
+def test_cli_reports_a_broken_command_module_instead_of_no_such_command(monkeypatch, capsys):
+    """An ImportError inside a command's module says so in one line (it used to read 'No such command')."""
+    import sys
+
+    from prefkit.cli import main as cli_main
+
+    monkeypatch.setitem(cli_main.COMMANDS, "broken", "prefkit_no_such_module_for_test")
+    monkeypatch.setitem(sys.modules, "prefkit_no_such_module_for_test", None)  # import raises ImportError
+    assert cli_main.main(["broken"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "No such command" not in err and "Traceback" not in err

@@ -673,7 +673,7 @@ def test_writers_raise_data_error(bad: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_rating_scale_decimal_and_overflow() -> None:
+def test_rating_score_and_scale_accept_decimals() -> None:
     (r,) = load([{"prompt": "p", "response": "r", "score": Decimal("4"), "scale": [Decimal("1"), 5]}])
     assert r == Rating("p", "r", score=4.0, scale=(1.0, 5.0))
 

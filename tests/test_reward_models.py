@@ -221,3 +221,20 @@ def test_gradient_checkpointing_and_resume(tmp_path):
     _, summary = train_reward_model(config, train_records=pairs, model=fresh, resume=step2)
     assert summary["step"] == 4
     assert torch.allclose(fresh.head.score.weight, model.head.score.weight, atol=1e-6)
+
+
+def test_training_log_states_the_reward_models_truncation(tmp_path, capsys):
+    """The encoding line the trainer logs counts the cut to ``reward.max_length`` (it used to say
+    "0 truncated" while the reward model cut later)."""
+    tok = tiny_tokenizer()
+    pairs = tiny_pairs(8)
+    config = load_reward_config(None, [f"output.dir={tmp_path}", "train.max_steps=1", "train.batch_size=4",
+                                       "reward.max_length=6", *QUIET])
+    model = RewardModel.from_backbone(tiny_llama(len(tok)), config.reward, tok)
+    tokens = model.tokens()
+    expected = sum(any(len(row) == 6 and len(tokens.encoder.render(r)[0]) + max(map(len, tokens.encoder.render(r)[1]))
+                       + len(tokens.prefix) + len(tokens.suffix) > 6 for row in tokens.record_ids(r)) for r in pairs)
+    assert expected > 0
+    train_reward_model(config, train_records=pairs, model=model)
+    line = next(x for x in capsys.readouterr().err.splitlines() if "train: encoded" in x)
+    assert f"{expected} truncated" in line, line

@@ -33,9 +33,11 @@ class _Group(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        # An ImportError inside a command's module is a bug or a broken install, not "no such command":
-        # it propagates with its own message.
-        module = importlib.import_module(COMMANDS[name])
+        try:
+            module = importlib.import_module(COMMANDS[name])
+        except ImportError as err:  # a broken install or a missing dependency, not "no such command"
+            raise click.ClickException(f"command {name!r} cannot load: {err}; reinstall prefkit "
+                                       "(pip install -e .) or install the missing package") from err
         return getattr(module, "commands", {}).get(name)
 
 
