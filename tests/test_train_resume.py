@@ -90,10 +90,12 @@ def test_half_written_checkpoint_is_ignored(tmp_path) -> None:
     full.train()
     final = {n: p.detach().clone() for n, p in full.model.named_parameters()}
     root = ckpt.checkpoint_dir(tmp_path)
-    # a killed writer's leftovers: a temporary directory and a step directory without its state file
+    # a killed writer's leftovers: a temporary directory (stamped first, as prefkit writes it) and a step
+    # directory without its state file
     for bogus in (root / ".tmp-step-00000009", root / "step-00000007"):
         bogus.mkdir()
         (bogus / "model.safetensors").write_bytes(b"garbage")
+    (root / ".tmp-step-00000009" / ckpt.STAMP).write_text('{"step": 9}')
     (root / "step-00000004").rename(root / "moved-away")  # resume from step 2
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
     resumed = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))

@@ -28,6 +28,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -143,20 +144,27 @@ def _grid(spans: list[tuple[int, int, tuple[int, int] | None]], device: torch.de
             piece_len.append(b - a)
             piece_seg.append(g)  # 0: the prompt or an unshared sequence, g: completion g
             col += b - a
-    lens = torch.tensor(piece_len)
-    within = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-    src = torch.repeat_interleave(torch.tensor(piece_src), lens) + within  # (L,) row position
-    dest = torch.repeat_interleave(torch.tensor(piece_dest), lens) + within  # (L,) grid position
-    q_idx = torch.zeros(n * longest, dtype=torch.long).index_put_((dest,), src)  # pads read position 0
-    seg = torch.zeros(n * longest, dtype=torch.long).index_put_((dest,), torch.repeat_interleave(
-        torch.tensor(piece_seg), lens)).view(n, longest)
-    valid = torch.zeros(n * longest, dtype=torch.bool).index_put_((dest,), torch.tensor(True)).view(n, longest)
-    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+    # index arithmetic in numpy: a few dozen ops on tiny arrays, where torch's per-op cost dominates
+    lens = np.array(piece_len, dtype=np.int64)
+    within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    src = np.repeat(np.array(piece_src, dtype=np.int64), lens) + within  # (L,) row position
+    dest = np.repeat(np.array(piece_dest, dtype=np.int64), lens) + within  # (L,) grid position
+    q_idx = np.zeros(n * longest, dtype=np.int64)
+    q_idx[dest] = src  # pads read position 0
+    seg = np.zeros(n * longest, dtype=np.int64)
+    seg[dest] = np.repeat(np.array(piece_seg, dtype=np.int64), lens)
+    seg = seg.reshape(n, longest)
+    valid = np.zeros(n * longest, dtype=bool)
+    valid[dest] = True
+    valid = valid.reshape(n, longest)
+    causal = np.tri(longest, dtype=bool)
     mask = causal & ((seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])) & valid[:, None, :]
-    mask |= torch.eye(longest, dtype=torch.bool)  # pad queries see themselves (finite; discarded)
-    inverse = torch.empty(len(src), dtype=torch.long).index_put_((src,), dest)  # row -> grid position
-    group = _Group(n, longest, longest, q_idx.to(device), None, None, mask[:, None].to(device))
-    return [group], inverse.to(device)
+    mask |= np.eye(longest, dtype=bool)  # pad queries see themselves (finite; discarded)
+    inverse = np.empty(len(src), dtype=np.int64)
+    inverse[src] = dest  # row -> grid position
+    group = _Group(n, longest, longest, torch.from_numpy(q_idx).to(device), None, None,
+                   torch.from_numpy(mask[:, None]).to(device))
+    return [group], torch.from_numpy(inverse).to(device)
 
 
 def _ranges(blocks: list[list[tuple[int, int]]]) -> Tensor:

@@ -54,6 +54,14 @@ def _source(gguf_path: Path) -> dict[str, object]:
     return {"gguf": str(gguf_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _stamp(stamp: Path) -> object:
+    """The recorded source of a cache entry; None when missing or unreadable (the entry is rebuilt)."""
+    try:
+        return json.loads(stamp.read_bytes()) if stamp.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def load_gguf_cached(gguf_path: str | Path, *, cache_dir: str | Path | None = None,
                      dtype: str = "float32") -> Path:
     """A local model directory (safetensors + tokenizer) converted from ``gguf_path``, cached.
@@ -73,7 +81,7 @@ def load_gguf_cached(gguf_path: str | Path, *, cache_dir: str | Path | None = No
     target = cache_dir_for(path, cache_dir)
     source = {**_source(path), "dtype": dtype}
     stamp = target / _STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == source:
+    if _stamp(stamp) == source:
         return target
     model = model_load.load_model(path, dtype=dtype)
     tokenizer = model_load.load_tokenizer(path)

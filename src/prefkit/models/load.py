@@ -3,6 +3,9 @@
 - :func:`load_model` / :func:`load_tokenizer`: a local directory (safetensors weights) or a ``.gguf``
   file (``transformers``' ``gguf_file=`` loader; needs the ``gguf`` package, dequantises to
   ``dtype``). Never a hub id, never ``trust_remote_code``, no network.
+- :func:`check_model_path` / :func:`check_tokenizer_path` / :func:`check_adapter_dir`: what those
+  loaders need, checked without loading anything (``load_config`` calls them at parse time; the
+  loaders call them too), each problem one ``ConfigError`` line naming the path and the missing file.
 - :func:`add_lora`: wrap a model with a fresh (or saved) LoRA adapter (peft).
 - :func:`frozen`: a model switched to eval mode with gradients off (a reference).
 - :func:`adapters_disabled`: context manager that runs a PEFT model without its adapters, the
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,19 +35,226 @@ load_count = 0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _split_gguf(path: str | Path) -> tuple[Path, str | None]:
-    """(directory, gguf file name or None) for a local model path; ConfigError if it is not local."""
-    p = Path(path).expanduser()
+MODEL_CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+"""Weights ``transformers`` can read but prefkit does not (pickle and other non-safetensors formats)."""
+TOKENIZER_VOCABS = ("vocab.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+"""Vocabulary files a tokenizer without ``tokenizer.json`` is built from (with ``tokenizer_config.json``)."""
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+CONVERT = ("convert it once: AutoModelForCausalLM.from_pretrained(folder, use_safetensors=False)"
+           ".save_pretrained(new_folder)")
+
+
+def _named(path: str | Path, what: str) -> str:
+    return f"{what} {str(path)!r}"
+
+
+def _local(path: str | Path, what: str) -> Path:
+    """``path`` expanded; ConfigError when it is empty or does not exist."""
     if not str(path):
-        raise ConfigError("no model path given; set model.path to a local model directory or .gguf file")
+        raise ConfigError(f"no {what} given; set it to a local model folder or .gguf file")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{_named(path, what)} is not a local folder or file (prefkit never downloads: "
+                          "point it at a local copy)")
+    return p
+
+
+def _json_object(file: Path) -> dict[str, Any] | None:
+    """The JSON object in regular file ``file``, or None when it is missing, unreadable or not an object."""
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why regular file ``file`` is not a safetensors file (its header is checked), or None."""
+    if not file.is_file():
+        return f"{file.name} is missing or not a regular file"
+    try:
+        with file.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            n = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+            if not 1 < n <= min(size - 8, 100_000_000):
+                return f"{file.name} is not a safetensors file (empty or cut short)"
+            if not isinstance(json.loads(f.read(n)), dict):
+                raise ValueError
+    except OSError as err:
+        return f"{file.name} can't be read ({err.strerror or type(err).__name__})"
+    except ValueError:
+        return f"{file.name} is not a safetensors file (its header is not JSON)"
+    return None
+
+
+def _gguf_problem(p: Path) -> str | None:
+    """Why ``p`` (a ``.gguf`` file) can't be loaded, or None."""
+    try:
+        with p.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                return "is not a GGUF file (it does not start with 'GGUF')"
+    except OSError as err:
+        return f"can't be read ({err.strerror or type(err).__name__})"
+    if importlib.util.find_spec("gguf") is None:  # transformers' GGUF loader needs it
+        return "is a GGUF file; install the gguf package: pip install gguf"
+    return None
+
+
+def _model_type_problem(cfg: dict[str, Any] | None, causal: bool) -> str | None:
+    """Why a ``config.json`` object names no model ``transformers`` can build without remote code."""
+    if cfg is None:
+        return f"has a {MODEL_CONFIG} that is not a JSON object"
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        return f"has a {MODEL_CONFIG} without a model_type"
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        return (f"is a {model_type!r} model, which this transformers does not know (prefkit never runs "
+                "custom model code: trust_remote_code is off)")
+    if causal and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return f"is a {model_type!r} model, which has no causal-LM class in transformers (a policy needs one)"
+    return None
+
+
+def _weights_problem(p: Path) -> str | None:
+    """Why model folder ``p`` holds no loadable safetensors weights, or None."""
+    if (p / SAFETENSORS).exists():
+        return _safetensors_problem(p / SAFETENSORS)
+    if (p / SAFETENSORS_INDEX).exists():
+        index = _json_object(p / SAFETENSORS_INDEX)
+        shards = index.get("weight_map") if index is not None else None
+        if not isinstance(shards, dict) or not shards or not all(isinstance(v, str) for v in shards.values()):
+            return f"has a {SAFETENSORS_INDEX} without a weight_map"
+        for shard in sorted(set(shards.values())):
+            if "/" in shard or "\\" in shard or shard in (".", ".."):
+                return f"has a {SAFETENSORS_INDEX} naming {shard!r}, which is not a file name in the folder"
+            if (problem := _safetensors_problem(p / shard)) is not None:
+                return f"{problem} (a shard listed in {SAFETENSORS_INDEX})"
+        return None
+    pickled = [name for name in PICKLED_WEIGHTS if (p / name).exists()]
+    if pickled:
+        return f"holds only {pickled[0]}; prefkit loads safetensors only ({CONVERT})"
+    ggufs = sorted(p.glob("*.gguf"))
+    if ggufs:
+        return f"holds no {SAFETENSORS} but a GGUF file: point it at {str(ggufs[0])!r}"
+    return f"holds no {SAFETENSORS} (or {SAFETENSORS_INDEX})"
+
+
+def model_path_problem(path: str | Path, *, gguf: bool = True, causal: bool = True) -> str | None:
+    """Why ``path`` is not a model :func:`load_model` can load (or, ``causal=False``, ``AutoModel``), or None.
+
+    A model is a folder holding ``config.json`` (a ``model_type`` built into ``transformers``) and
+    safetensors weights (``model.safetensors``, or ``model.safetensors.index.json`` and its shards), or,
+    with ``gguf``, a ``.gguf`` file (and the ``gguf`` package installed).
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        if gguf and p.suffix == ".gguf":
+            return _gguf_problem(p)
+        return "is a file, not a model folder" + (" or .gguf file" if gguf else "")
+    if not p.is_dir():
+        return "is not a regular file or folder"
+    if not (p / MODEL_CONFIG).exists():
+        if (p / ADAPTER_CONFIG).exists():
+            return "holds a LoRA adapter, not a model: set it as lora.adapter, and model.path to its base model"
+        ggufs = sorted(p.glob("*.gguf")) if gguf else []
+        hint = f"; it holds a GGUF file: point at {str(ggufs[0])!r}" if ggufs else ""
+        return f"holds no {MODEL_CONFIG}, so it is not a Hugging Face model folder{hint}"
+    return _model_type_problem(_json_object(p / MODEL_CONFIG), causal) or _weights_problem(p)
+
+
+def check_model_path(path: str | Path, what: str = "model", *, gguf: bool = True, causal: bool = True) -> Path:
+    """``path`` expanded, or a one-line ConfigError naming ``what`` (e.g. ``"model.path"``) and the problem
+    (:func:`model_path_problem`)."""
+    p = _local(path, what)
+    problem = model_path_problem(p, gguf=gguf, causal=causal)
+    if problem is not None:
+        raise ConfigError(f"{_named(path, what)} {problem}")
+    return p
+
+
+def tokenizer_path_problem(path: str | Path) -> str | None:
+    """Why ``path`` holds no tokenizer :func:`load_tokenizer` can load, or None: a ``.gguf`` file, or a folder
+    with ``tokenizer.json`` (a JSON object), or ``tokenizer_config.json`` plus a vocabulary file."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return _gguf_problem(p) if p.suffix == ".gguf" else "is a file, not a tokenizer folder or .gguf file"
+    if not p.is_dir():
+        return "is not a regular file or folder"
+    if (p / "tokenizer.json").exists():
+        try:
+            text = (p / "tokenizer.json").read_bytes().strip() if (p / "tokenizer.json").is_file() else b""
+        except OSError:
+            text = b""
+        return None if text[:1] == b"{" and text[-1:] == b"}" else "has a tokenizer.json that is not a JSON object"
+    if (p / "tokenizer_config.json").is_file() and any((p / name).is_file() for name in TOKENIZER_VOCABS):
+        return None
+    return ("holds no tokenizer files (tokenizer.json, or tokenizer_config.json with vocabulary files); "
+            "set model.tokenizer to the folder that has them")
+
+
+def check_tokenizer_path(path: str | Path, what: str = "tokenizer") -> Path:
+    """``path`` expanded, or a one-line ConfigError naming ``what`` (:func:`tokenizer_path_problem`)."""
+    p = _local(path, what)
+    problem = tokenizer_path_problem(p)
+    if problem is not None:
+        raise ConfigError(f"{_named(path, what)} {problem}")
+    return p
+
+
+def check_adapter_dir(path: str | Path, what: str = "lora.adapter") -> Path:
+    """``path`` expanded, or a one-line ConfigError naming ``what``: a LoRA adapter folder (peft's
+    ``save_pretrained``) holds ``adapter_config.json`` and ``adapter_model.safetensors``."""
+    p = Path(path).expanduser()
+    if not str(path) or not p.is_dir():
+        raise ConfigError(f"{_named(path, what)} is not a folder (a LoRA adapter folder written by "
+                          "save_pretrained)" if not str(path) or p.exists() else
+                          f"{_named(path, what)} does not exist (it must be a local LoRA adapter folder)")
+    if _json_object(p / ADAPTER_CONFIG) is None:
+        full = (p / MODEL_CONFIG).exists() and " (it looks like a full model: use it as model.path)"
+        problem = "is not a JSON object" if (p / ADAPTER_CONFIG).exists() else "is missing"
+        raise ConfigError(f"{_named(path, what)}: {ADAPTER_CONFIG} {problem}, so it is not a LoRA adapter "
+                          f"folder{full or ''}")
+    if not (p / ADAPTER_WEIGHTS).exists() and (p / "adapter_model.bin").exists():
+        raise ConfigError(f"{_named(path, what)} holds only adapter_model.bin; prefkit loads safetensors only "
+                          "(load it with peft and save_pretrained it again)")
+    problem = _safetensors_problem(p / ADAPTER_WEIGHTS)
+    if problem is not None:
+        raise ConfigError(f"{_named(path, what)}: {problem.replace('missing or not a regular file', 'missing')}")
+    return p
+
+
+def check_model_files(path: str, tokenizer: str | None = None, reference: str | None = None,
+                      adapter: str | None = None, *, backbone: bool = False) -> None:
+    """A run config's model files, each checked when set (a one-line ConfigError naming its key):
+    ``model.path`` (``backbone``: a reward model's, a folder loaded with ``AutoModel``) and the tokenizer
+    files in it unless ``model.tokenizer`` names another folder, ``model.tokenizer``, ``reference.path``,
+    ``lora.adapter``."""
+    if path:
+        check_model_path(path, "model.path", gguf=not backbone, causal=not backbone)
+        if tokenizer is None or backbone:  # a reward model reads its backbone's tokenizer first
+            check_tokenizer_path(path, "model.path")
+    for key, value, check in (("model.tokenizer", tokenizer, check_tokenizer_path),
+                              ("reference.path", reference, check_model_path),
+                              ("lora.adapter", adapter, check_adapter_dir)):
+        if value:
+            check(value, key)
+
+
+def _split_gguf(path: str | Path) -> tuple[Path, str | None]:
+    """(directory, gguf file name or None) for a model path already checked."""
+    p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
-        if importlib.util.find_spec("gguf") is None:  # transformers' GGUF loader needs it
-            raise ConfigError(f"{p} is a GGUF file; install the gguf package: pip install gguf")
         return p.parent, p.name
-    if p.is_dir():
-        return p, None
-    raise ConfigError(f"model path {str(path)!r} is not a local directory or .gguf file "
-                      "(prefkit never downloads: point it at a local copy)")
+    return p, None
 
 
 def local_dir(path: str | Path, what: str) -> Path:
@@ -60,9 +271,10 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> nn.Module:
     global load_count
     from transformers import AutoModelForCausalLM
 
-    directory, gguf_file = _split_gguf(path)
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    check_model_path(path, "model")
+    directory, gguf_file = _split_gguf(path)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": False, "local_files_only": True}
     if gguf_file is None:
         kwargs["use_safetensors"] = True
@@ -77,6 +289,7 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer of a local directory or ``.gguf`` file."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_path(path, "tokenizer")
     directory, gguf_file = _split_gguf(path)
     kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
     if gguf_file is not None:
@@ -97,9 +310,8 @@ def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
-        if not Path(adapter).expanduser().is_dir():
-            raise ConfigError(f"lora.adapter {str(adapter)!r} is not a directory")
-        return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=True)
+        folder = check_adapter_dir(adapter, "lora.adapter")
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True, local_files_only=True)
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type=task_type, bias="none")
@@ -134,5 +346,6 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-__all__ = ["local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
+__all__ = ["check_model_files", "check_model_path", "check_tokenizer_path", "check_adapter_dir", "model_path_problem",
+           "tokenizer_path_problem", "local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
            "is_peft", "load_count", "DTYPES"]

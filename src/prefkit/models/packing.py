@@ -69,6 +69,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -143,24 +144,26 @@ class Plan:
     segments: Segments | None = None  # one-row plans: the row's spans with their batched attention groups
 
 
-def _aligned(batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-    """(N, T') token ids, completion mask and (N,) lengths, every sequence starting at column 0 (CPU)."""
-    ids, cmask = batch.input_ids.cpu(), batch.completion_mask.cpu()
+def _aligned(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, T') token ids, scored-candidate mask (completion and real) and (N,) lengths, every sequence
+    starting at column 0; numpy on the CPU (planning is many tiny index ops: numpy's are cheaper)."""
+    ids, cmask = batch.input_ids.cpu(), batch.completion_mask.cpu() != 0
     if batch.layout == "padded":
-        real = batch.attention_mask.cpu().bool()  # (N, T)
+        real = batch.attention_mask.cpu() != 0  # (N, T)
         lens = real.sum(1)  # (N,)
         if bool((real == (torch.arange(real.shape[1])[None] < lens[:, None])).all()):  # right-padded
-            return ids, cmask * real, lens
+            return ids.numpy(), (cmask & real).numpy(), lens.numpy()
     seqs = _sequences(Batch(kind=batch.kind, group_size=batch.group_size, input_ids=ids,
                             attention_mask=batch.attention_mask.cpu(), completion_mask=cmask,
                             layout=batch.layout, seq_lens=None if batch.seq_lens is None else batch.seq_lens.cpu()))
-    lens = torch.tensor([len(x) for x, _ in seqs], dtype=torch.long)
+    lens = np.array([len(x) for x, _ in seqs], dtype=np.int64)
     pad = torch.nn.utils.rnn.pad_sequence
-    return (pad([x for x, _ in seqs], batch_first=True), pad([c for _, c in seqs], batch_first=True), lens)
+    return (pad([x for x, _ in seqs], batch_first=True).numpy(), pad([c for _, c in seqs], batch_first=True).numpy(),
+            lens)
 
 
-def _layout(batch: Batch, share_prefix: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(N, T') aligned token ids and scored-token mask, (N,) lengths and (B,) shared prompt lengths (CPU).
+def _layout(batch: Batch, share_prefix: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(N, T') aligned token ids and scored-token mask, (N,) lengths and (B,) shared prompt lengths.
 
     The shared prompt of example b is the longest common prefix of its G sequences, capped at each
     one's first scored position; 0 (nothing shared) without ``share_prefix`` or with G < 2.
@@ -169,17 +172,18 @@ def _layout(batch: Batch, share_prefix: bool) -> tuple[Tensor, Tensor, Tensor, T
     n_seq, width = ids.shape
     g_size = batch.group_size
     b_size = n_seq // g_size
-    cols = torch.arange(width)
-    scored = (cmask != 0) & (cols[None] >= 1) & (cols[None] < lens[:, None])  # (N, T) position 0: no predecessor
-    shared = torch.zeros(b_size, dtype=torch.long)  # (B,)
-    if share_prefix and g_size >= 2:
-        ids_g, scored_g, lens_g = ids.view(g_size, b_size, width), scored.view(g_size, b_size, width), lens.view(g_size, b_size)
-        first_scored = torch.where(scored_g.any(-1), scored_g.float().argmax(-1), lens_g)  # (G, B)
-        cap = torch.minimum(lens_g, first_scored).min(0).values  # (B,)
+    cols = np.arange(width)
+    scored = cmask & (cols[None] >= 1) & (cols[None] < lens[:, None])  # (N, T) position 0: no predecessor
+    shared = np.zeros(b_size, dtype=np.int64)  # (B,)
+    if share_prefix and g_size >= 2 and b_size:
+        ids_g, scored_g, lens_g = (ids.reshape(g_size, b_size, width), scored.reshape(g_size, b_size, width),
+                                   lens.reshape(g_size, b_size))
+        first_scored = np.where(scored_g.any(-1), scored_g.argmax(-1), lens_g)  # (G, B)
+        cap = np.minimum(lens_g, first_scored).min(0)  # (B,)
         differs = (ids_g != ids_g[:1]).any(0)  # (B, T)
-        first_diff = torch.where(differs.any(-1), differs.float().argmax(-1), torch.full_like(cap, width))
-        shared = torch.minimum(cap, first_diff)  # (B,)
-    return ids, scored, lens, shared
+        first_diff = np.where(differs.any(-1), differs.argmax(-1), width)
+        shared = np.minimum(cap, first_diff).astype(np.int64)  # (B,)
+    return ids, scored, lens.astype(np.int64), shared
 
 
 def _bins(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -215,52 +219,52 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
     The grid (B, G + 1, T): slot 0 holds the shared prompt of example b (from sequence 0), slot g + 1
     its sequence g from the end of the shared prompt on (the whole sequence when nothing is shared).
     Its included tokens in row-major order are the one-row layout; bin-packed rows move each packed
-    unit (contiguous in that order) to its row and offset.
+    unit (contiguous in that order) to its row and offset. Index arithmetic in numpy (its per-op cost
+    is a fraction of torch's on these tiny arrays), then one tensor per field.
     """
     ids, scored, lens, shared = _layout(batch, share_prefix)  # (N, T), (N, T), (N,), (B,)
     n_seq, width = ids.shape
     g_size = batch.group_size
     b_size = n_seq // g_size
-    cols = torch.arange(width)
-    ids_g, scored_g, lens_g = ids.view(g_size, b_size, width), scored.view(g_size, b_size, width), lens.view(g_size, b_size)
+    cols = np.arange(width)
+    ids_g, scored_g, lens_g = ids.reshape(g_size, b_size, width), scored.reshape(g_size, b_size, width), lens.reshape(g_size, b_size)
     if one_row:  # units ordered by their piece lengths (prompt, then each sequence): equal ones adjacent
-        piece_len = torch.cat([shared[None], lens_g - shared[None]]).T  # (B, G + 1)
-        _, signature = torch.unique(piece_len, dim=0, return_inverse=True)
-        order = torch.argsort(signature, stable=True)  # (B,) examples in row order
+        piece_len = np.concatenate([shared[None], lens_g - shared[None]]).T  # (B, G + 1)
+        order = np.lexsort(piece_len.T[::-1])  # (B,) examples in row order: lexicographic, stable
         ids_g, scored_g, lens_g, shared = ids_g[:, order], scored_g[:, order], lens_g[:, order], shared[order]
     else:
-        order = torch.arange(b_size)
+        order = np.arange(b_size)
     is_shared = shared >= 1  # (B,)
     # include[b, slot, t]: slot 0 = prompt t < shared[b] (from sequence 0), slot g + 1 = shared[b] <= t < len
-    include = torch.zeros(b_size, g_size + 1, width, dtype=torch.bool)
+    include = np.empty((b_size, g_size + 1, width), dtype=bool)
     include[:, 0] = cols[None] < shared[:, None]
-    include[:, 1:] = ((cols[None, None] >= shared[None, :, None]) & (cols[None, None] < lens_g[..., None])).transpose(0, 1)
-    grid_ids = torch.cat([ids_g[:1], ids_g]).transpose(0, 1)  # (B, G + 1, T)
-    grid_scored = torch.cat([torch.zeros_like(scored_g[:1]), scored_g]).transpose(0, 1)
-    slot = torch.arange(g_size + 1)[None]  # (1, G + 1)
-    grid_seq = torch.cat([order[None], torch.arange(g_size)[:, None] * b_size + order[None]]).T  # (B, G + 1) row n
-    grid_seg = torch.where(is_shared[:, None], slot, 0)  # (B, G + 1)
-    grid_doc = torch.arange(b_size)[:, None] * (g_size + 1) + torch.where(is_shared[:, None], 0, slot)  # packed unit
+    include[:, 1:] = ((cols[None, None] >= shared[None, :, None]) & (cols[None, None] < lens_g[..., None])).transpose(1, 0, 2)
+    grid_ids = np.concatenate([ids_g[:1], ids_g]).transpose(1, 0, 2)  # (B, G + 1, T)
+    grid_scored = np.concatenate([np.zeros_like(scored_g[:1]), scored_g]).transpose(1, 0, 2)
+    slot = np.arange(g_size + 1)[None]  # (1, G + 1)
+    grid_seq = np.concatenate([order[None], np.arange(g_size)[:, None] * b_size + order[None]]).T  # (B, G + 1) row n
+    grid_seg = np.where(is_shared[:, None], slot, 0)  # (B, G + 1)
+    grid_doc = np.arange(b_size)[:, None] * (g_size + 1) + np.where(is_shared[:, None], 0, slot)  # packed unit
 
-    flat_inc = include.flatten()
-    dest = torch.cumsum(flat_inc, 0).view_as(include) - 1  # (B, G + 1, T) one-row position of each included token
+    flat_inc = include.ravel()
+    dest = (np.cumsum(flat_inc) - 1).reshape(include.shape)  # (B, G + 1, T) one-row position of each included token
     total = int(flat_inc.sum())
     piece_len = include.sum(-1)  # (B, G + 1)
-    starts = (torch.cumsum(piece_len.flatten(), 0) - piece_len.flatten()).view_as(piece_len)  # one-row starts
+    starts = (np.cumsum(piece_len.ravel()) - piece_len.ravel()).reshape(piece_len.shape)  # one-row starts
     if one_row:
         n_rows, length = 1, total
     else:  # bin-pack the units (in the batch's order: examples when sharing, else sequences) into rows
-        if share_prefix and g_size >= 2:
-            units = torch.unique_consecutive(grid_doc[:, 1:].flatten())  # per example: itself, or its G sequences
+        if share_prefix and g_size >= 2:  # per example: itself, or its G sequences
+            docs = grid_doc[:, 1:].ravel()
+            units = docs[np.concatenate([[True], docs[1:] != docs[:-1]])] if len(docs) else docs
         else:
-            units = (torch.arange(b_size)[None] * (g_size + 1) + torch.arange(1, g_size + 1)[:, None]).flatten()  # row n
-        unit_len = torch.zeros(b_size * (g_size + 1), dtype=torch.long).index_add_(
-            0, grid_doc.flatten(), piece_len.flatten())  # (B * (G + 1),) by unit id
-        unit_ids, lengths = units.tolist(), unit_len[units].tolist()
+            units = (np.arange(b_size)[None] * (g_size + 1) + np.arange(1, g_size + 1)[:, None]).ravel()  # row n
+        unit_len = np.bincount(grid_doc.ravel(), weights=piece_len.ravel(), minlength=b_size * (g_size + 1))
+        unit_ids, lengths = units.tolist(), unit_len[units].astype(np.int64).tolist()
         rows = _bins(lengths, max(max(lengths), max_row_tokens or 0))
         length = max(sum(lengths[i] for i in row) for row in rows)
         n_rows = len(rows)
-        base = [0] * (b_size * (g_size + 1))  # unit id -> flat index of its first token
+        base = np.zeros(b_size * (g_size + 1), dtype=np.int64)  # unit id -> flat index of its first token
         used = []
         for r, row in enumerate(rows):
             offset = r * length
@@ -268,38 +272,37 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
                 base[unit_ids[i]] = offset
                 offset += lengths[i]
             used.append(offset - r * length)
-        unit_first = torch.where(is_shared[:, None], starts[:, :1], starts)  # (B, G + 1) one-row start of the unit
-        dest = dest + (torch.tensor(base)[grid_doc] - unit_first)[..., None]  # (B, G + 1, T)
-    dest_inc = dest.flatten()[flat_inc]  # (total,) flat position of each included token
+        unit_first = np.where(is_shared[:, None], starts[:, :1], starts)  # (B, G + 1) one-row start of the unit
+        dest = dest + (base[grid_doc] - unit_first)[..., None]  # (B, G + 1, T)
+    dest_inc = dest.ravel()[flat_inc]  # (total,) flat position of each included token
 
-    def place(values: Tensor, fill: Tensor | int) -> Tensor:
+    def place(values: np.ndarray, fill: np.ndarray | int) -> Tensor:
         """(R, L): the included tokens' ``values`` at their positions, ``fill`` on the row padding."""
         if one_row:
-            return values[None]
-        out = fill.clone() if isinstance(fill, Tensor) else torch.full((n_rows * length,), fill, dtype=values.dtype)
-        return out.index_put_((dest_inc,), values).view(n_rows, length)
+            return torch.from_numpy(values[None])
+        out = fill.copy() if isinstance(fill, np.ndarray) else np.full(n_rows * length, fill, dtype=values.dtype)
+        out[dest_inc] = values
+        return torch.from_numpy(out.reshape(n_rows, length))
 
-    def per_token(grid: Tensor) -> Tensor:  # (B, G + 1) -> (total,) value of each included token
-        return grid[..., None].expand(-1, -1, width).flatten()[flat_inc]
+    def per_token(grid: np.ndarray) -> np.ndarray:  # (B, G + 1) -> (total,) value of each included token
+        return np.broadcast_to(grid[..., None], include.shape).ravel()[flat_inc]
 
-    input_ids = place(grid_ids.flatten()[flat_inc], pad_id)
-    pad_pos = None if one_row else (torch.arange(length)[None] - torch.tensor(used)[:, None]).flatten()
-    position_ids = place(cols.expand(b_size, g_size + 1, width).flatten()[flat_inc], pad_pos)
+    input_ids = place(grid_ids.ravel()[flat_inc], pad_id)
+    pad_pos = None if one_row else (np.arange(length)[None] - np.array(used)[:, None]).ravel()
+    position_ids = place(np.broadcast_to(cols, include.shape).ravel()[flat_inc], pad_pos)
     doc_ids = place(per_token(grid_doc), -1)
     seg_ids = place(per_token(grid_seg), 0)
 
-    keep = (grid_scored & include).flatten()
-    where = keep.nonzero().flatten()  # flat grid index of each scored token
-    pred = dest.flatten()[where]  # position of each scored token
+    where = np.flatnonzero(grid_scored & include)  # flat grid index of each scored token
+    pred = dest.ravel()[where]  # position of each scored token
     if not one_row:  # in row order, as the rows hold them
-        by_position = torch.argsort(pred)
+        by_position = np.argsort(pred, kind="stable")
         where, pred = where[by_position], pred[by_position]
     t_of = where % width
     b_of = where // ((g_size + 1) * width)
-    pred = pred - 1
-    prompt_last = dest[torch.arange(b_size), 0, (shared - 1).clamp(min=0)]  # (B,)
+    prompt_last = dest[np.arange(b_size), 0, np.maximum(shared - 1, 0)]  # (B,)
     first_of_completion = is_shared[b_of] & (t_of == shared[b_of])
-    pred = torch.where(first_of_completion, prompt_last[b_of], pred)
+    pred = np.where(first_of_completion, prompt_last[b_of], pred - 1)
 
     segments = None
     if one_row:  # spans in row order: per example, its shared prompt and then its sequences
@@ -312,13 +315,14 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
         segments = Segments(spans)
     device = batch.input_ids.device
 
-    def move(t: Tensor) -> Tensor:
+    def move(t: Tensor | np.ndarray) -> Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t
         return t.to(device, non_blocking=True)
 
     return Plan(
         input_ids=move(input_ids), position_ids=move(position_ids), doc_ids=move(doc_ids), seg_ids=move(seg_ids),
-        pred_index=move(pred), target_ids=move(grid_ids.flatten()[where].long()),
-        seq_index=move(grid_seq[..., None].expand(-1, -1, width).flatten()[where]), col_index=move(t_of),
+        pred_index=move(pred), target_ids=move(grid_ids.ravel()[where].astype(np.int64)),
+        seq_index=move(np.broadcast_to(grid_seq[..., None], include.shape).ravel()[where]), col_index=move(t_of),
         num_sequences=n_seq, max_len=batch.input_ids.shape[1] if batch.layout == "padded" else int(lens.max()),
         num_real_tokens=total, share_prefix=share_prefix, one_row=one_row, segments=segments,
     )

@@ -42,7 +42,7 @@ from prefkit.models.heads import (
     default_pooling,
     make_head,
 )
-from prefkit.models.load import add_lora, local_dir
+from prefkit.models.load import add_lora, check_model_path, check_tokenizer_path, local_dir
 from prefkit.models.packing import backbone_fast_path_unsupported, packed_hidden, padded_is_cheaper
 from prefkit.models.reward_inputs import (
     RewardTokens,
@@ -102,9 +102,13 @@ class RewardModel(nn.Module):
             from transformers import AutoModel, AutoTokenizer
 
             path = local_dir(backbone, "backbone")
+            check_model_path(path, "backbone", gguf=False, causal=False)
+            if tokenizer is None:
+                check_tokenizer_path(path, "backbone")
             model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                              **({"dtype": dtype} if dtype is not None else {}))
-            tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+                                              local_files_only=True, **({"dtype": dtype} if dtype is not None else {}))
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
         else:
             model = backbone
         model = getattr(model, "base_model", model)
@@ -124,13 +128,23 @@ class RewardModel(nn.Module):
         if not (root / CONFIG_FILE).is_file():
             raise ConfigError(f"{str(path)!r} is not a prefkit reward model (no {CONFIG_FILE}); train one "
                               "with 'prefkit rm train' or save one with RewardModel.save")
-        saved = json.loads((root / CONFIG_FILE).read_text())
+        try:
+            saved = json.loads((root / CONFIG_FILE).read_bytes())
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{str(path)!r}: {CONFIG_FILE} is not a JSON object; save the reward model again")
+        check_model_path(root / BACKBONE_DIR, "reward model backbone", gguf=False, causal=False)
+        check_tokenizer_path(root / BACKBONE_DIR, "reward model backbone")
+        if not (root / HEAD_FILE).is_file():
+            raise ConfigError(f"{str(path)!r} holds no {HEAD_FILE}; save the reward model again")
         for legacy in ("lora_r", "lora_alpha"):  # written by older versions (LoRA is merged on save)
             saved.pop(legacy, None)
         config = RewardModelConfig.from_dict(saved)
         backbone = AutoModel.from_pretrained(root / BACKBONE_DIR, use_safetensors=True,
-                                             trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR)
+                                             trust_remote_code=False, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False,
+                                                  local_files_only=True)
         head = make_head(config, int(backbone.config.hidden_size))
         head.load_state_dict(load_file(str(root / HEAD_FILE)))
         return cls(backbone, head, config, tokenizer).eval()

@@ -44,10 +44,13 @@ from prefkit.models.logprobs import pair_logps, sequence_logps
 from prefkit.toy import world
 from prefkit.train.config import RunConfig, load_config
 from prefkit.train.objectives import StepOutput
+from prefkit.train.rundir import claim_run_dir
 from prefkit.train.trainer import Trainer
 
 TOY_MARKER = "toy"
 """``model.path`` / ``data.train`` value that names the toy world in a run config."""
+DEMO_ENTRIES = ("sft", "preference", "plots", "results.json")
+"""What the demo creates in its run folder (``sft/`` and ``preference/`` are Trainer run folders)."""
 
 
 @dataclass
@@ -298,6 +301,10 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
     settings = settings or (QUICK if quick else ToySettings())
     seed = config.train.seed
     run_dir = Path(out_dir if out_dir is not None else config.output.dir)
+    # The demo writes only into its own run folder (absent, empty or marked by prefkit): a user folder is
+    # refused before anything is built; with output.overwrite (demo.yaml's default) a second demo run
+    # replaces what the first one wrote there, and nothing else.
+    claim_run_dir(run_dir, overwrite=config.output.overwrite, kind="demo", entries=DEMO_ENTRIES)
     if progress is not None:
         config.train.progress = progress
 

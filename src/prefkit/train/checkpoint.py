@@ -6,11 +6,16 @@ Layout of ``<run>/checkpoints/step-00000012/``:
 - ``optimizer.pt``, ``scheduler.pt``: ``state_dict()`` s of our own objects, read back with
   ``torch.load(weights_only=True)``;
 - ``rng-<rank>.safetensors``: torch CPU (and CUDA) generator states of each process;
-- ``trainer_state.json``: step, data position (epoch, batch), Python and NumPy RNG states per rank.
+- ``trainer_state.json``: step, data position (epoch, batch), Python and NumPy RNG states per rank;
+- ``rank-<rank>.json``: each process's own loop state (the metric sums since the last logged line);
+- ``prefkit-checkpoint.json``: the stamp ``{"step": N}``, written first: what marks the folder as
+  prefkit's own.
 
 A checkpoint is written into ``checkpoints/.tmp-step-...`` and renamed to ``step-...`` only when
-complete (rename is atomic), so a process killed mid-write leaves a ``.tmp-*`` directory that
-:func:`latest_checkpoint` never picks up (and the next save removes).
+complete (rename is atomic), so a process killed mid-write leaves a ``.tmp-step-*`` directory that
+:func:`latest_checkpoint` never picks up (and the next save removes). Cleanup (stale temporary folders,
+``keep_last``) deletes only folders that carry prefkit's stamp, never follows links, and leaves anything
+else in ``checkpoints/`` alone; a ``checkpoints/`` that is a link is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prefkit.errors import PrefkitError
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
+TMP_DIR = re.compile(r"^\.tmp-step-(\d+)$")
+STAMP = "prefkit-checkpoint.json"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -41,8 +50,22 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()]
+             if (m := STEP_DIR.match(p.name)) and not p.is_symlink() and (p / "trainer_state.json").is_file()]
     return [p for _, p in sorted(found)]
+
+
+def is_prefkit_checkpoint(path: str | Path) -> bool:
+    """True for a real folder (not a link) named ``step-N`` or ``.tmp-step-N`` that holds prefkit's stamp
+    for step N: the only folders checkpoint cleanup deletes."""
+    path = Path(path)
+    m = STEP_DIR.match(path.name) or TMP_DIR.match(path.name)
+    stamp = path / STAMP
+    if m is None or path.is_symlink() or not path.is_dir() or stamp.is_symlink() or not stamp.is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("step") == int(m.group(1))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -81,11 +104,12 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimizer: Any, scheduler: Any,
-                    state: dict[str, Any], keep_last: int, accelerator: Any = None) -> Path | None:
-    """Write ``checkpoints/step-<step>`` atomically and prune to the last ``keep_last``.
+                    state: dict[str, Any], keep_last: int, accelerator: Any = None,
+                    rank_state: dict[str, Any] | None = None) -> Path | None:
+    """Write ``checkpoints/step-<step>`` atomically and prune to the last ``keep_last`` of prefkit's own.
 
-    Every process calls this (each saves its RNG state); the main process writes the rest and renames.
-    Returns the checkpoint path on the main process.
+    Every process calls this (each saves its RNG state and ``rank_state``); the main process writes the
+    rest and renames. Returns the checkpoint path on the main process.
     """
     rank = accelerator.process_index if accelerator is not None else 0
     main = rank == 0
@@ -93,14 +117,24 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimiz
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     if main:
+        if root.is_symlink():
+            raise PrefkitError(f"{root} is a link; prefkit does not write checkpoints through links out of its "
+                               "run folder: remove the link")
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in root.iterdir():  # left by a killed run: only prefkit's own temporary folders
+            if TMP_DIR.match(stale.name) and is_prefkit_checkpoint(stale):
+                shutil.rmtree(stale)
+        if tmp.is_symlink() or tmp.is_file():
+            tmp.unlink()
+        elif tmp.is_dir():  # our own temporary folder, killed before its stamp was written
+            shutil.rmtree(tmp)
         tmp.mkdir()
+        (tmp / STAMP).write_text(json.dumps({"step": step}))
     _barrier(accelerator)
     tensors, plain = rng_state()
     save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
     (tmp / f"rng-{rank}.json").write_text(json.dumps(plain))
+    (tmp / f"rank-{rank}.json").write_text(json.dumps(rank_state or {}))
     _barrier(accelerator)
     if main:
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
@@ -108,11 +142,17 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimiz
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
         _fsync_dir(tmp)
-        if final.exists():
+        if final.is_symlink():
+            final.unlink()
+        elif final.exists():
+            if not is_prefkit_checkpoint(final):
+                shutil.rmtree(tmp)
+                raise PrefkitError(f"{final} was not written by prefkit; move it away (prefkit will not replace it)")
             shutil.rmtree(final)
         os.rename(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        ours = [p for p in list_checkpoints(run_dir) if is_prefkit_checkpoint(p)]
+        for old in ours[:-keep_last]:
+            shutil.rmtree(old)
     _barrier(accelerator)
     return final if main else None
 
@@ -136,7 +176,10 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any, sched
     rng_file = path / f"rng-{rank}.safetensors"
     if rng_file.is_file():
         set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-{rank}.json").read_text()))
-    return json.loads((path / "trainer_state.json").read_text())
+    state = json.loads((path / "trainer_state.json").read_text())
+    rank_file = path / f"rank-{rank}.json"
+    state["rank_state"] = json.loads(rank_file.read_text()) if rank_file.is_file() else {}
+    return state
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -156,4 +199,4 @@ def _fsync_dir(directory: Path) -> None:
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_state", "latest_checkpoint", "list_checkpoints", "checkpoint_dir",
-           "trainable_state"]
+           "trainable_state", "is_prefkit_checkpoint", "STAMP"]

@@ -10,7 +10,8 @@ Rules:
 - unknown keys are errors naming the nearest valid key;
 - the ``loss`` section holds ``name`` and the loss's own parameters (``loss.beta``), validated against
   the registry (``prefkit.losses``) by :func:`load_config`, before any model loads;
-- cross-field rules live in ``__post_init__`` and name the offending keys.
+- every value is checked when parsed (finite, in range, cross-field rules), and so are the files and folders
+  it names (:func:`check_paths`), before any model loads: each problem one ConfigError line naming the key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
+import os
 import textwrap
 import types
 import typing
@@ -36,6 +39,18 @@ from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfi
 
 POLICY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 """``lora.target_modules`` of a policy when unset; a reward model's default is ``"all-linear"``."""
+
+TOY = "toy"
+"""``model.path`` naming the built-in toy world (``prefkit.toy.TOY_MARKER``): no files to check."""
+
+RULES: dict[str, Any] = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "[0, 1)": lambda v: 0 <= v < 1,
+                         "[0, 1]": lambda v: 0 <= v <= 1}
+
+
+def check_number(key: str, value: float | None, rule: str) -> None:
+    """ConfigError naming ``key`` unless ``value`` (None passes) is a finite number meeting ``rule`` (in RULES)."""
+    if value is not None and not (math.isfinite(value) and RULES[rule](value)):
+        raise ConfigError(f"{key} must be a finite number {'in ' * (rule[0] == '[')}{rule}; got {value!r}")
 
 
 @dataclass
@@ -84,8 +99,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.r < 0:
             raise ConfigError(f"lora.r must be >= 0 (0 disables LoRA); got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1); got {self.dropout}")
+        check_number("lora.alpha", self.alpha, "> 0")
+        check_number("lora.dropout", self.dropout, "[0, 1)")
 
 
 @dataclass
@@ -132,8 +147,7 @@ class DataConfig:
     report's accuracy down by."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError(f"data.eval_fraction must be in [0, 1); got {self.eval_fraction}")
+        check_number("data.eval_fraction", self.eval_fraction, "[0, 1)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"data.limit must be >= 1; got {self.limit}")
 
@@ -156,8 +170,7 @@ class LossConfig:
     unset = off, 1 = no change; pair losses only; needs per-token reference log-probs (not the cache)."""
 
     def __post_init__(self) -> None:
-        if self.ld_dpo_alpha is not None and not 0.0 <= self.ld_dpo_alpha <= 1.0:
-            raise ConfigError(f"loss.ld_dpo_alpha must be in [0, 1] (1 = no change); got {self.ld_dpo_alpha}")
+        check_number("loss.ld_dpo_alpha", self.ld_dpo_alpha, "[0, 1]")
 
 
 @dataclass
@@ -165,7 +178,7 @@ class TrainConfig:
     """Optimisation and the loop."""
 
     seed: int = 0
-    """Seed for data order, adapter init and dropout."""
+    """Seed for data order, adapter init and dropout (0 to 2^32 - 1)."""
     batch_size: int = 8
     """Examples per process per micro-step (a pair counts once)."""
     grad_accum: int = 1
@@ -173,23 +186,23 @@ class TrainConfig:
     max_steps: int = 0
     """Optimizer steps; 0 runs ``train.epochs`` epochs."""
     epochs: float = 1.0
-    """Passes over the training data when ``train.max_steps`` is 0."""
+    """Passes over the training data when ``train.max_steps`` is 0 (> 0 then)."""
     lr: float = 5e-6
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate (AdamW; > 0)."""
     weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
+    """AdamW decoupled weight decay (>= 0)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2)."""
+    """AdamW (beta1, beta2), each in [0, 1)."""
     adam_eps: float = 1e-8
-    """AdamW epsilon."""
+    """AdamW epsilon (> 0)."""
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate decay after warmup (to 0 at the last step; ``constant`` keeps the peak)."""
     warmup_steps: int = 0
     """Linear warmup steps (exclusive with ``train.warmup_ratio``)."""
     warmup_ratio: float = 0.0
     """Linear warmup as a fraction of all steps (exclusive with ``train.warmup_steps``)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this value; 0 disables clipping."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (> 0); null disables clipping."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision (accelerate); weights stay in ``model.dtype``."""
     eval_every: int = 0
@@ -212,16 +225,20 @@ class TrainConfig:
         for key in ("max_steps", "warmup_steps", "eval_every", "eval_batches", "save_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0; got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0; got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be in [0, 2^32 - 1]; got {self.seed}")
+        for key, rule in (("lr", "> 0"), ("epochs", ">= 0"), ("weight_decay", ">= 0"), ("adam_eps", "> 0"),
+                          ("warmup_ratio", "[0, 1)")):
+            check_number(f"train.{key}", getattr(self, key), rule)
+        for i, beta in enumerate(self.adam_betas):
+            check_number(f"train.adam_betas[{i}]", beta, "[0, 1)")
         if self.max_steps == 0 and self.epochs <= 0:
             raise ConfigError("train.epochs must be > 0 when train.max_steps is 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         if self.warmup_steps and self.warmup_ratio:
             raise ConfigError("set only one of train.warmup_steps and train.warmup_ratio")
-        if self.max_grad_norm < 0:
-            raise ConfigError(f"train.max_grad_norm must be >= 0; got {self.max_grad_norm}")
+        if self.max_grad_norm == 0:
+            raise ConfigError("train.max_grad_norm must be > 0; use null to disable clipping")
+        check_number("train.max_grad_norm", self.max_grad_norm, "> 0")
 
 
 @dataclass
@@ -267,6 +284,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.reference.mode == "adapters_off" and self.lora.r == 0:
             raise ConfigError("reference.mode=adapters_off needs a LoRA adapter (set lora.r > 0)")
+        rm = self.reward
+        if rm is not None:
+            if self.lora.adapter:
+                raise ConfigError("lora.adapter: a reward model starts from a fresh adapter; unset it")
+            check_number("reward.dropout", rm.dropout, "[0, 1)")
+            for i, weight in enumerate(rm.weights or ()):
+                check_number(f"reward.weights[{i}]", weight, ">= 0")
+            if rm.gpm_dim < 2 or rm.gpm_dim % 2:
+                raise ConfigError(f"reward.gpm_dim must be an even number >= 2; got {rm.gpm_dim}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +454,12 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
                 raise _unknown(f"{prefix}{key}.{next(iter(value))}")
             raise _unknown(prefix + str(key))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a section's own message (EncodeConfig, RewardModelConfig) gets its name
+        if prefix and prefix.rstrip(".") not in str(err):
+            raise ConfigError(f"{prefix.rstrip('.')}: {err}") from None
+        raise
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -514,15 +545,42 @@ def check_loss(cfg: RunConfig) -> None:
                           "use reference.mode=frozen or adapters_off")
 
 
+def check_paths(cfg: RunConfig) -> None:
+    """ConfigError (one line naming the key) unless the paths of ``cfg`` hold what they should (models:
+    ``prefkit.models.load.check_model_files``), ``data.*`` exist, and ``output.dir`` and
+    ``reference.cache_dir`` are no files. An empty ``model.path`` (a model passed in Python) names no model, ``model.path: toy`` no files."""
+    from prefkit.models import load as model_load
+
+    if cfg.model.path != TOY:
+        model_load.check_model_files(cfg.model.path, cfg.model.tokenizer, cfg.reference.path, cfg.lora.adapter,
+                                     backbone=cfg.reward is not None)
+        for key, data in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+            if data and not os.path.lexists(data):
+                raise ConfigError(f"{key} {data!r} does not exist")
+            if data and os.path.isdir(data) and not any(
+                    os.path.lexists(Path(data, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+                raise ConfigError(f"{key} {data!r} is a folder but not a datasets folder (save_to_disk); "
+                                  "name a data file")
+    for key, folder in (("output.dir", Path(cfg.output.dir)), ("reference.cache_dir",
+                                                               Path(cfg.reference.cache_dir).expanduser())):
+        existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+        if existing is not None and not existing.is_dir():
+            where = "" if existing == folder else f": {str(existing)!r} is"
+            raise ConfigError(f"{key} {str(folder)!r}{where} exists and is not a folder; choose another {key}")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> RunConfig:
-    """Defaults <- ``base`` <- YAML file <- ``key=value`` overrides, validated (loss included)."""
+                base: Mapping[str, Any] | None = None, *, check_files: bool = True) -> RunConfig:
+    """Defaults <- ``base`` <- YAML file <- ``key=value`` overrides, validated (loss included), and with
+    ``check_files`` (the default) its paths too (:func:`check_paths`), before any model loads."""
     data = dict(base or {})
     if path is not None:
         data = merge(data, read_yaml(path))
     data = merge(data, parse_overrides(overrides))
     cfg = from_dict(RunConfig, data)
     check_loss(cfg)
+    if check_files:
+        check_paths(cfg)
     return cfg
 
 
@@ -553,12 +611,13 @@ REWARD_BASE: dict[str, Any] = {"reward": {}, "loss": {"name": DEFAULT_REWARD_LOS
 truncates to ``reward.max_length``)."""
 
 
-def load_reward_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+def load_reward_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                       check_files: bool = True) -> RunConfig:
     """A reward-model job (``prefkit rm train``): :func:`load_config` over :data:`REWARD_BASE`, checked
     (loss against head) before any model loads."""
     from prefkit.losses.registry import get_loss
 
-    cfg = load_config(path, overrides, base=REWARD_BASE)
+    cfg = load_config(path, overrides, base=REWARD_BASE, check_files=check_files)
     if cfg.reward is None:
         cfg.reward = RewardModelConfig()
     if cfg.encode.max_length is not None or cfg.encode.max_prompt_length is not None:
@@ -630,4 +689,5 @@ if __name__ == "__main__":
 
 __all__ = ["RunConfig", "ModelConfig", "LoraConfig", "ReferenceConfig", "DataConfig", "LossConfig",
            "TrainConfig", "OutputConfig", "EncodeConfig", "RewardModelConfig", "load_config", "load_reward_config", "from_dict", "to_dict",
-           "dump_config", "config_reference", "check_head_and_loss", "parse_overrides", "field_docs", "all_keys", "check_loss"]
+           "dump_config", "config_reference", "check_head_and_loss", "parse_overrides", "field_docs", "all_keys", "check_loss",
+           "check_paths", "check_number"]

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefkit.errors import PrefkitError
+
 PLOTS = {  # file -> keys drawn (train and eval/ variants when present)
     "loss.png": ("loss",),
     "rewards.png": ("rewards/chosen", "rewards/rejected", "rewards/margins"),
@@ -48,13 +50,19 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(key, value, step)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past ``step`` (a resumed run rewrites them)."""
+    def truncate_after(self, step: int, *, final: bool = False) -> str | None:
+        """Drop lines past ``step`` (a resumed run rewrites them), and with ``final`` (resuming from the
+        last step's checkpoint) the evaluation lines at ``step`` too (the final evaluation is written again).
+        A half-written last line (a run killed mid-write) is dropped; returns a notice saying so."""
         if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+            return None
+        rows, torn = _parse(self.path)
+        keep = [line for line, row in rows if row.get("step", 0) < step or (
+            row.get("step", 0) == step and not (final and _is_eval(row)))]
         self.path.write_text("".join(line + "\n" for line in keep))
+        if torn is None:
+            return None
+        return f"{self.path}: dropped a half-written last line ({torn[:40]!r}...), left by a stopped run"
 
     def close(self) -> None:
         if self.tb is not None:
@@ -62,11 +70,49 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``<run_dir>/metrics.jsonl``."""
+    """The lines of ``<run_dir>/metrics.jsonl`` (a half-written last line is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in _parse(path)[0]]
+
+
+def _parse(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """((line, row) of every complete line, the half-written last line or None). A bad line elsewhere is
+    one ``PrefkitError`` naming it."""
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = _row(line)
+        if row is None:
+            if number == len(lines) and not tail:  # the last line, newline written but not JSON: torn too
+                return rows, line
+            raise PrefkitError(f"{path} line {number}: not a metrics line (not a JSON object); "
+                               "fix or remove that line")
+        rows.append((line, row))
+    if tail.strip():
+        row = _row(tail)
+        if row is None:
+            return rows, tail
+        rows.append((tail, row))
+    return rows, None
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _is_eval(row: dict[str, Any]) -> bool:
+    """An evaluation line: only ``step`` and ``eval/`` keys."""
+    return any(k.startswith("eval/") for k in row) and all(k == "step" or k.startswith("eval/") for k in row)
 
 
 def plot_metrics(run_dir: str | Path) -> list[Path]:

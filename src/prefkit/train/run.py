@@ -20,20 +20,21 @@ from prefkit.models import load as model_load
 from prefkit.models.reward import RewardModel
 from prefkit.models.reward_inputs import as_text_record
 from prefkit.train import checkpoint as ckpt
+from prefkit.train import rundir
 from prefkit.train.config import POLICY_LORA_TARGETS, RunConfig, check_head_and_loss
 from prefkit.train.objectives import make_objective
 from prefkit.train.trainer import Trainer
 
 
-def check_run_dir(config: RunConfig, resume: bool) -> None:
-    """A fresh run needs an empty run directory (or ``output.overwrite``); a resumed one a checkpoint."""
+def check_run_dir(config: RunConfig, resume: bool | str | Path) -> None:
+    """Before any model loads: ``output.dir`` must be a folder prefkit may write into (absent, empty, or
+    a prefkit run folder: :mod:`prefkit.train.rundir`); a fresh run needs it free of an earlier run (or
+    ``output.overwrite``), one resumed with ``resume=True`` needs a checkpoint there. Reads only: the
+    Trainer claims the folder (with ``output.overwrite``, clears what earlier runs wrote) when it starts."""
     run_dir = Path(config.output.dir)
-    if resume:
-        if ckpt.latest_checkpoint(run_dir) is None:
-            raise ConfigError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}; start without --resume")
-    elif (run_dir / "metrics.jsonl").exists() and not config.output.overwrite:
-        raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it, "
-                          "set output.overwrite=true, or choose another output.dir")
+    rundir.check_run_dir(run_dir, resume=bool(resume), overwrite=config.output.overwrite)
+    if resume is True and ckpt.latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume: no checkpoint in {ckpt.checkpoint_dir(run_dir)}; start without --resume")
 
 
 def read_data(config: RunConfig) -> tuple[list[Any], list[Any]]:
@@ -103,8 +104,8 @@ def train_reward_model(config: RunConfig, *, resume: bool = False,
         raise ConfigError("a reward-model job needs a reward: section (load it with load_reward_config)")
     spec = get_loss(config.loss.name)
     check_head_and_loss(reward.head, config.loss.name, spec, reward.tie_model)
+    check_run_dir(config, resume)  # also when records are given: refused before a backbone loads
     if train_records is None:
-        check_run_dir(config, resume)
         train_records, eval_records = read_data(config)
     if model is None:
         if not config.model.path:

@@ -38,8 +38,9 @@ from prefkit.errors import ConfigError, PrefkitError
 from prefkit.models.load import frozen_copy, is_peft
 from prefkit.models.logprobs import SequenceLogps
 from prefkit.train import checkpoint as ckpt
+from prefkit.train import rundir
 from prefkit.train.config import RunConfig, dump_config, to_dict
-from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar
+from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar, read_metrics
 from prefkit.train.objectives import Objective, StepOutput, make_objective
 from prefkit.train.refcache import (
     CachedReference,
@@ -238,6 +239,9 @@ class Trainer:
         if reference is None and self.objective.needs_reference:
             self.reference = {split: self._build_reference(split) for split in ("train", "eval")}
         self.step = 0
+        # What the next logged line averages: (sum, count) per key, tokens and seconds since the last one.
+        self._log_sums: dict[str, list[float]] = {}
+        self._log_tokens, self._log_t0 = 0, time.perf_counter()
         # BCO: (sum, count) of every reward of the steps so far, over all processes; δ = sum / count.
         self.reward_mean: list[float] | None = [0.0, 0.0] if self.objective.tracks_reward_mean else None
 
@@ -353,18 +357,26 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def train(self, resume: bool | str | Path = False) -> dict[str, float]:
-        """Run (or resume) training; returns the last logged metrics (plus final ``eval/*``)."""
+        """Run (or resume) training; returns the last logged metrics (plus final ``eval/*``).
+
+        The run folder (``output.dir``) must be absent, empty or a prefkit run folder
+        (:mod:`prefkit.train.rundir`); with ``output.overwrite`` and no resume, what earlier prefkit runs
+        wrote there is removed first."""
         cfg, tc, acc = self.config, self.config.train, self.accelerator
-        start = self._resume(resume) if resume else 0
+        self._claim_run_dir(bool(resume))
+        self._log_sums, self._log_tokens, self._log_t0 = {}, 0, time.perf_counter()
+        start = self._resume(resume) if resume else 0  # restores the sums since the last logged line
         writer = MetricsWriter(self.run_dir, tensorboard=cfg.output.tensorboard) if acc.is_main_process else None
-        if writer is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-            writer.truncate_after(start)
-        self.step_module.train()
         last: dict[str, float] = {}
-        sums: dict[str, list[float]] = {}
-        tokens, t_log = 0, time.perf_counter()
+        if writer is not None:
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            notice = writer.truncate_after(start, final=start == self.total_steps)
+            if notice:
+                self._say(notice)
+            if start == self.total_steps:  # resumed from the last checkpoint: its logged line is the result
+                last = next((r for r in reversed(read_metrics(self.run_dir)) if r.get("step") == start
+                             and "loss" in r), {})
+        self.step_module.train()
         bar = progress_bar(self.total_steps, tc.progress and acc.is_main_process)
         task = bar.add_task("train", total=self.total_steps, completed=start, loss=math.nan, acc=math.nan, tps=0.0)
         with bar:
@@ -372,6 +384,7 @@ class Trainer:
                 micro = [self.order.next() for _ in range(tc.grad_accum)]
                 step_rewards = [0.0, 0.0]  # (sum, count) of this step's rewards on this process
                 n_global = sum(len(ix) for ix in micro) * acc.num_processes
+                sums = self._log_sums  # (sum, count) per key since the last logged line (saved in checkpoints)
                 for i, indices in enumerate(micro):
                     # Gradients sync (DDP all-reduce) only in the backward of the last micro-step.
                     sync = nullcontext() if i == len(micro) - 1 else acc.no_sync(self.step_module)
@@ -382,7 +395,7 @@ class Trainer:
                         # DDP averages gradients over processes: x num_processes makes the step's gradient
                         # the mean over all n_global examples of the global step.
                         acc.backward(total * (acc.num_processes / n_global))
-                    tokens += batch.num_tokens()
+                    self._log_tokens += batch.num_tokens()
                     if self.reward_mean is not None:
                         _add_rewards(step_rewards, out.metrics)
                     _add(sums, "loss", total.detach(), len(indices))
@@ -397,8 +410,8 @@ class Trainer:
                 if self.reward_mean is not None:
                     self._update_reward_mean(step_rewards)
                 if step % tc.log_every == 0 or step == self.total_steps:
-                    elapsed = time.perf_counter() - t_log
-                    tok = self._reduce({"t": [float(tokens), 1.0]})["t"] * acc.num_processes
+                    elapsed = time.perf_counter() - self._log_t0
+                    tok = self._reduce({"t": [float(self._log_tokens), 1.0]})["t"] * acc.num_processes
                     last = {"step": step, "epoch": self.order.epoch + self.order.batch / self.order.batches_per_epoch,
                             **self._reduce(sums), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                             "tokens/s": tok / max(elapsed, 1e-9)}
@@ -409,7 +422,7 @@ class Trainer:
                         writer.write(last)
                     bar.update(task, completed=step, loss=last["loss"],
                                acc=last.get("rewards/accuracies", math.nan), tps=last["tokens/s"])
-                    sums, tokens, t_log = {}, 0, time.perf_counter()
+                    self._log_sums, self._log_tokens, self._log_t0 = {}, 0, time.perf_counter()
                 else:
                     bar.update(task, completed=step)
                 if tc.eval_every and step % tc.eval_every == 0 and step != self.total_steps:
@@ -462,9 +475,23 @@ class Trainer:
         state = {"epoch": self.order.epoch, "batch": self.order.batch, "world": self.accelerator.num_processes,
                  "reward_mean": self.reward_mean,
                  "config": _flat(to_dict(self.config))}
+        # This process's sums since the last logged line: the first line after a resume averages the same steps.
+        partial = {"log_sums": self._log_sums, "log_tokens": self._log_tokens,
+                   "log_seconds": time.perf_counter() - self._log_t0}
         return ckpt.save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last,
-                                    accelerator=self.accelerator)
+                                    accelerator=self.accelerator, rank_state=partial)
+
+    def _claim_run_dir(self, resume: bool) -> None:
+        """Every process checks the run folder (one ``ConfigError`` line if it is not prefkit's to write);
+        then the main process claims it (:func:`prefkit.train.rundir.claim_run_dir`)."""
+        out, acc = self.config.output, self.accelerator
+        kind = "reward" if self.config.reward is not None else "train"
+        rundir.check_run_dir(self.run_dir, resume=resume, overwrite=out.overwrite)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            rundir.claim_run_dir(self.run_dir, resume=resume, overwrite=out.overwrite, kind=kind)
+        acc.wait_for_everyone()
 
     def _resume(self, resume: bool | str | Path) -> int:
         path = ckpt.latest_checkpoint(self.run_dir) if resume is True else Path(resume)
@@ -477,6 +504,10 @@ class Trainer:
         self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
         if self.reward_mean is not None and state.get("reward_mean"):
             self.reward_mean = list(state["reward_mean"])
+        partial = state.get("rank_state") or {}
+        self._log_sums = {k: list(v) for k, v in partial.get("log_sums", {}).items()}
+        self._log_tokens = int(partial.get("log_tokens", 0))
+        self._log_t0 = time.perf_counter() - float(partial.get("log_seconds", 0.0))
         self._say(f"resumed from {path} (step {self.step})")
         return self.step
 
