@@ -56,6 +56,10 @@ def test_every_field_has_a_docstring() -> None:
     (["train.batch_size=0"], "train.batch_size must be >= 1"),
     (["train.mixed_precision=bf15"], "did you mean 'bf16'?"),
     (["reference.mode=adapters_off"], "lora.r > 0"),
+    (["train.lr=.nan"], "train.lr must be finite and > 0; got nan"),
+    (["train.adam_betas=[1.5, 0.999]"], "train.adam_betas[0] must be in [0, 1); got 1.5"),
+    (["train.max_grad_norm=0"], "train.max_grad_norm must be > 0; use null to disable clipping"),
+    (["encode.max_length=8", "encode.max_prompt_length=8"], "encode: max_prompt_length (8) must be below"),
 ])
 def test_config_errors(args, expected) -> None:
     with pytest.raises(ConfigError) as err:
@@ -73,6 +77,12 @@ def test_cli_config_error_one_line_exit_1_before_model_load(tmp_path, capsys, mo
     assert main(["train", "--config", str(path), override]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_max_grad_norm_null_disables_clipping_and_round_trips(tmp_path) -> None:
+    cfg = load_config(overrides=["train.max_grad_norm=null"])
+    assert cfg.train.max_grad_norm is None
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg
 
 
 def test_cli_missing_config_file(tmp_path, capsys) -> None:

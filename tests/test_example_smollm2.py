@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_example_config_parses() -> None:
     from prefkit.train.config import load_config
 
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, check_files=False)
     assert cfg.loss.name == "dpo" and cfg.lora.r > 0 and cfg.reference.mode == "adapters_off"
     assert cfg.data.train == "../shared/data/hh-rlhf-harmless-1600.jsonl.gz"
 

@@ -85,7 +85,7 @@ def test_demo_config_is_a_run_config() -> None:
     assert is_toy_config(cfg) and cfg.loss.name == "rpo"
     with pytest.raises(ConfigError, match="resume"):
         run_config(cfg, resume=True)
-    other = load_config(overrides=["model.path=some/dir"])
+    other = load_config(overrides=["model.path=some/dir"], check_files=False)
     with pytest.raises(ConfigError, match="model.path: toy"):
         run_demo(config=other, show=False)
 

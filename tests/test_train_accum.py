@@ -16,7 +16,7 @@ from prefkit.train.config import load_config
 from prefkit.train.trainer import Trainer
 
 BASE = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
-        "train.max_steps=1", "train.lr=1e-2", "train.adam_eps=1.0", "train.max_grad_norm=0",
+        "train.max_steps=1", "train.lr=1e-2", "train.adam_eps=1.0", "train.max_grad_norm=null",
         "train.scheduler=constant", "loss.beta=0.5"]
 
 

@@ -17,7 +17,7 @@ from prefkit.train.metrics import read_metrics
 from prefkit.train.trainer import Trainer
 
 FAST = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
-        "train.scheduler=constant", "train.max_grad_norm=0", "train.batch_size=8", "train.lr=3e-3"]
+        "train.scheduler=constant", "train.max_grad_norm=null", "train.batch_size=8", "train.lr=3e-3"]
 
 
 def train(tmp_path, name: str, *overrides: str, records=None) -> list[dict]:

@@ -19,7 +19,7 @@ from prefkit.train.metrics import read_metrics
 from prefkit.train.trainer import Trainer
 
 FAST = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
-        "train.scheduler=constant", "train.max_grad_norm=0"]
+        "train.scheduler=constant", "train.max_grad_norm=null"]
 
 
 def records_for(kind: str) -> list:

@@ -73,7 +73,7 @@ from prefkit.train.trainer import Trainer
 out, kind, batch_size, grad_accum = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 tok = copy.deepcopy(tiny_tokenizer())
 quiet = ["train.progress=false", "output.tensorboard=false", "output.plots=false", "output.save_model=false",
-         "train.max_steps=1", "train.lr=1e-2", "train.scheduler=constant", "train.max_grad_norm=0",
+         "train.max_steps=1", "train.lr=1e-2", "train.scheduler=constant", "train.max_grad_norm=null",
          f"train.batch_size={batch_size}", f"train.grad_accum={grad_accum}", f"output.dir={out}"]
 if kind == "rm":
     from prefkit.models.reward import RewardModel, RewardModelConfig, as_text_record

@@ -125,3 +125,68 @@ def test_resume_with_changed_settings_is_an_error(tmp_path) -> None:
                       tok, tiny_pairs(8))
     with pytest.raises(ConfigError, match=r"differs from the checkpoint's in train.lr \(5e-06 -> 0.001\)"):
         changed.train(resume=True)
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL between two optimizer steps."""
+
+
+class _KilledAfter(Trainer):
+    kill_after = 0
+
+    def _forward(self, split, indices):
+        if split == "train" and self.step >= self.kill_after:
+            raise _Killed
+        return super()._forward(split, indices)
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing key (tokens/s differs between any two runs)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "tokens/s"} for r in rows]
+
+
+def _tiny(cfg, cls=Trainer):
+    tok = copy.deepcopy(tiny_tokenizer())
+    return cls(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8), tiny_pairs(4, seed=1))
+
+
+RESUME = [*QUIET, "output.save_model=false", "train.max_steps=10", "train.batch_size=4", "train.lr=1e-2",
+          "train.log_every=3", "train.save_every=2", "train.keep_last=2", "train.eval_every=4"]
+
+
+def test_metrics_after_resume_equal_uninterrupted(tmp_path, capsys) -> None:
+    """Killed after step 9 (checkpoint 8; lines for 3, 6, 9 and evals at 4, 8 written; a torn line left):
+    the resumed run's metrics.jsonl equals the uninterrupted one's, line for line, value for value. The
+    line at step 9 averages steps 7-9 (the sums of 7 and 8 come from the checkpoint)."""
+    _tiny(load_config(overrides=[*RESUME, f"output.dir={tmp_path / 'full'}"])).train()
+    killed_dir = tmp_path / "killed"
+    cfg = load_config(overrides=[*RESUME, f"output.dir={killed_dir}"])
+    killed = _tiny(cfg, _KilledAfter)
+    killed.kill_after = 9
+    with pytest.raises(_Killed):
+        killed.train()
+    assert ckpt.latest_checkpoint(killed_dir).name == "step-00000008"
+    assert [r["step"] for r in _lines(killed_dir)] == [3, 4, 6, 8, 9]
+    with (killed_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 10, "loss": 0.69')  # the kill came mid-write
+    capsys.readouterr()
+    _tiny(cfg).train(resume=True)
+    assert "dropped a half-written last line" in capsys.readouterr().err
+    full, resumed = _lines(tmp_path / "full"), _lines(killed_dir)
+    assert [r["step"] for r in resumed] == [3, 4, 6, 8, 9, 10, 10]  # 10: the last train line and the final eval
+    assert resumed == full
+
+
+def test_resume_from_the_final_checkpoint_adds_no_line(tmp_path) -> None:
+    cfg = load_config(overrides=[*RESUME, "train.max_steps=4", f"output.dir={tmp_path}"])
+    summary = _tiny(cfg).train()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
+    again = _tiny(cfg).train(resume=True)
+    after = (tmp_path / "metrics.jsonl").read_text()
+    assert [r["step"] for r in _lines(tmp_path)] == [3, 4, 4]
+    assert _lines(tmp_path) == [{k: v for k, v in json.loads(x).items() if k != "tokens/s"}
+                                for x in before.splitlines()]
+    assert after.count("eval/loss") == 1
+    assert {k: v for k, v in again.items() if k != "tokens/s"} == {k: v for k, v in summary.items() if k != "tokens/s"}

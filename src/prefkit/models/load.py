@@ -76,20 +76,20 @@ def _json_object(file: Path) -> dict[str, Any] | None:
 def _safetensors_problem(file: Path) -> str | None:
     """Why regular file ``file`` is not a safetensors file (its header is checked), or None."""
     if not file.is_file():
-        return f"{file.name} is missing or not a regular file"
+        return f"lacks {file.name}" + (" (not a regular file)" if file.exists() else "")
     try:
         with file.open("rb") as f:
             size = f.seek(0, 2)
             f.seek(0)
             n = int.from_bytes(f.read(8), "little") if size >= 8 else 0
             if not 1 < n <= min(size - 8, 100_000_000):
-                return f"{file.name} is not a safetensors file (empty or cut short)"
+                return f"has a {file.name} that is not a safetensors file (empty or cut short)"
             if not isinstance(json.loads(f.read(n)), dict):
                 raise ValueError
     except OSError as err:
-        return f"{file.name} can't be read ({err.strerror or type(err).__name__})"
+        return f"can't read {file.name} ({err.strerror or type(err).__name__})"
     except ValueError:
-        return f"{file.name} is not a safetensors file (its header is not JSON)"
+        return f"has a {file.name} that is not a safetensors file (its header is not JSON)"
     return None
 
 
@@ -117,8 +117,10 @@ def _model_type_problem(cfg: dict[str, Any] | None, causal: bool) -> str | None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if model_type not in CONFIG_MAPPING_NAMES:
-        return (f"is a {model_type!r} model, which this transformers does not know (prefkit never runs "
-                "custom model code: trust_remote_code is off)")
+        import transformers
+
+        return (f"is a {model_type!r} model, which transformers {transformers.__version__} does not know "
+                "(prefkit never runs custom model code: trust_remote_code is off)")
     if causal and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return f"is a {model_type!r} model, which has no causal-LM class in transformers (a policy needs one)"
     return None
@@ -219,16 +221,16 @@ def check_adapter_dir(path: str | Path, what: str = "lora.adapter") -> Path:
                           "save_pretrained)" if not str(path) or p.exists() else
                           f"{_named(path, what)} does not exist (it must be a local LoRA adapter folder)")
     if _json_object(p / ADAPTER_CONFIG) is None:
-        full = (p / MODEL_CONFIG).exists() and " (it looks like a full model: use it as model.path)"
+        full = " (it looks like a full model: use it as model.path)" if (p / MODEL_CONFIG).exists() else ""
         problem = "is not a JSON object" if (p / ADAPTER_CONFIG).exists() else "is missing"
         raise ConfigError(f"{_named(path, what)}: {ADAPTER_CONFIG} {problem}, so it is not a LoRA adapter "
-                          f"folder{full or ''}")
+                          f"folder{full}")
     if not (p / ADAPTER_WEIGHTS).exists() and (p / "adapter_model.bin").exists():
         raise ConfigError(f"{_named(path, what)} holds only adapter_model.bin; prefkit loads safetensors only "
                           "(load it with peft and save_pretrained it again)")
     problem = _safetensors_problem(p / ADAPTER_WEIGHTS)
     if problem is not None:
-        raise ConfigError(f"{_named(path, what)}: {problem.replace('missing or not a regular file', 'missing')}")
+        raise ConfigError(f"{_named(path, what)} {problem}")
     return p
 
 

@@ -50,7 +50,7 @@ RULES: dict[str, Any] = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, "[0, 
 def check_number(key: str, value: float | None, rule: str) -> None:
     """ConfigError naming ``key`` unless ``value`` (None passes) is a finite number meeting ``rule`` (in RULES)."""
     if value is not None and not (math.isfinite(value) and RULES[rule](value)):
-        raise ConfigError(f"{key} must be a finite number {'in ' * (rule[0] == '[')}{rule}; got {value!r}")
+        raise ConfigError(f"{key} must be {'in' if rule[0] == '[' else 'finite and'} {rule}; got {value!r}")
 
 
 @dataclass
@@ -426,6 +426,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:  # tuple[float, float], not 'tuple'
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -565,7 +567,7 @@ def check_paths(cfg: RunConfig) -> None:
                                                                Path(cfg.reference.cache_dir).expanduser())):
         existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
         if existing is not None and not existing.is_dir():
-            where = "" if existing == folder else f": {str(existing)!r} is"
+            where = "" if existing == folder else f": {str(existing)!r}"
             raise ConfigError(f"{key} {str(folder)!r}{where} exists and is not a folder; choose another {key}")
 
 

@@ -70,7 +70,8 @@ def check_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: bool 
     if not path.is_dir():
         raise ConfigError(f"{key} {shown!r} is a file, not a folder; choose another {key}")
     try:
-        names = sorted(p.name for p in path.iterdir())
+        # (a marker being written by a job killed at that moment does not make the folder anyone else's)
+        names = sorted(p.name for p in path.iterdir() if not p.name.startswith(f"{MARKER}.tmp-"))
     except OSError as err:
         raise ConfigError(f"{key} {shown!r} cannot be read ({err.strerror}); choose another {key}") from None
     if not names:
@@ -104,8 +105,7 @@ def check_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: bool 
 def claim_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False, kind: str = "train",
                   entries: Iterable[str] = RUN_ENTRIES, key: str = "output.dir") -> Path:
     """Check ``run_dir`` (:func:`check_run_dir`), then make it this job's: create and mark it, and with
-    ``overwrite`` (and no ``resume``) remove what earlier prefkit jobs listed in its marker. A resume
-    into an absent folder creates nothing (the resume itself then fails: no checkpoint).
+    ``overwrite`` (and no ``resume``) remove what earlier prefkit jobs listed in its marker.
 
     Call it on one process only (the main one), after every process ran :func:`check_run_dir`.
     """
@@ -114,8 +114,6 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: bool 
     if not all(_plain_name(e) for e in entries):
         raise ValueError(f"run folder entries must be plain names: {entries}")
     state = check_run_dir(path, resume=resume, overwrite=overwrite, entries=entries, key=key)
-    if state == "absent" and resume:
-        return path
     old = read_marker(path) if state == "ours" else None
     if old is not None and overwrite and not resume:
         for name in old["entries"]:

@@ -401,7 +401,8 @@ class Trainer:
                     _add(sums, "loss", total.detach(), len(indices))
                     for key, value in out.metrics.items():
                         _add_metric(sums, key, value, len(indices))
-                max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
+                # null (config) disables clipping; so does 0, which older configs used for that
+                max_norm = tc.max_grad_norm if tc.max_grad_norm is not None and tc.max_grad_norm > 0 else math.inf
                 grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), max_norm)
                 self.optimizer.step()
                 self.scheduler.step()
