@@ -93,10 +93,10 @@ def test_bco_running_reward_mean_is_delta_and_resumes_exactly(tmp_path) -> None:
     assert rows[2]["bco/delta"] != 0.0
     assert abs(rows[2]["bco/delta"] - sum(r["rewards/chosen"] + r["rewards/rejected"] for r in rows[:2]) / 4) < 1e-6
     tok = copy.deepcopy(tiny_tokenizer())
-    cfg = load_config(overrides=[*FAST, *overrides, f"output.dir={tmp_path / 'bco'}"])
+    cfg = load_config(overrides=[*FAST, *overrides, f"output.dir={tmp_path / 'bco-full'}"])
     full = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
     full.train()
-    step2 = [c for c in ckpt.list_checkpoints(tmp_path / "bco") if c.name.endswith("2")][0]
+    step2 = [c for c in ckpt.list_checkpoints(tmp_path / "bco-full") if c.name.endswith("2")][0]
     resumed = Trainer(cfg, tiny_llama(len(tok)), tok, tiny_pairs(8))
     resumed.train(resume=step2)
     assert resumed._reward_mean() == full._reward_mean() and resumed.reward_mean == full.reward_mean

@@ -23,7 +23,7 @@ Three ideas, each exact (the log-probs equal the padded computation up to float 
    ``(tokens, vocab)`` logits are never built.
 
 **The plan** (:class:`Plan`, built by :func:`plan_for`, the one plan builder) says where every token
-goes and which hidden state predicts each scored token. It is built with a few vectorised tensor ops
+goes and which hidden state predicts each scored token. It is built with a few vectorised (numpy) ops
 on the CPU: tokens are laid out on a (B, G + 1, T) grid (slot 0 the shared prompt of example b, slot
 g + 1 its sequence g from the end of the shared prompt on) and the grid's tokens go to
 
