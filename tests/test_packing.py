@@ -306,7 +306,6 @@ def test_auto_runs_short_unshrinkable_batches_padded(monkeypatch):
     monkeypatch.setattr(packing, "_run_decoder", lambda *a: calls.append(a[3]) or original(*a))
     short = _batch(*SHORT_EQUAL)  # 8 sequences of 7-8 tokens, no padding; prompts save 17%
     assert packing.padded_is_cheaper(short, share_prefix=True)
-    assert packing._padded_is_cheaper is packing.padded_is_cheaper  # the former name, until callers move
     out = sequence_logps(model, short, share_prefix=True)
     assert calls == []
     torch.testing.assert_close(out.logps, _naive(model, short)[0].detach(), atol=1e-5, rtol=1e-5)

@@ -23,12 +23,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from prefkit.kinds import RecordKind
+
 
 @dataclass
 class Batch:
     """A collated batch of G * B sequences (see module docstring for the layout)."""
 
-    kind: Literal["pair", "ranking", "unpaired", "rating"]  # the record kind (prefkit.data.records.KINDS)
+    kind: RecordKind  # the record kind (prefkit.kinds)
     group_size: int  # G: sequences per example
     input_ids: Tensor  # padded: (N, T); packed: (1, total)
     attention_mask: Tensor  # same shape as input_ids

@@ -51,10 +51,11 @@ import torch
 from prefkit.data.batch import Batch
 from prefkit.data.records import KINDS, Message, Pair, Ranking, Rating, Record, Unpaired
 from prefkit.errors import ConfigError, DataError, check_known_keys, did_you_mean
+from prefkit.kinds import RecordKind
 
 Truncation = Literal["keep_end", "drop", "raise"]
-Kind = Literal["pair", "ranking", "unpaired", "rating"]
-"""The record kinds (``prefkit.data.records.KINDS``): the one vocabulary for examples and batches."""
+Kind = RecordKind
+"""The record kinds (``prefkit.kinds``): the one vocabulary for records, examples and batches."""
 
 DROP_REASONS = {
     "prompt_too_long": "prompt longer than max_prompt_length",

@@ -42,6 +42,7 @@ from decimal import Decimal
 from typing import Any, Literal, get_args
 
 from prefkit.errors import DataError, did_you_mean
+from prefkit.kinds import RecordKind
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -417,9 +418,10 @@ class Unpaired(_Common):
 
 Record = Pair | Ranking | Rating | Unpaired
 
-KINDS: dict[type, str] = {Pair: "pair", Ranking: "ranking", Rating: "rating", Unpaired: "unpaired"}
+KINDS: dict[type, RecordKind] = {Pair: "pair", Ranking: "ranking", Rating: "rating", Unpaired: "unpaired"}
+"""Record class -> its kind (``prefkit.kinds.RecordKind``, the one vocabulary)."""
 
 
-def kind_of(record: Record) -> str:
+def kind_of(record: Record) -> RecordKind:
     """``"pair"``, ``"ranking"``, ``"rating"`` or ``"unpaired"``."""
     return KINDS[type(record)]

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from prefkit.kinds import RecordKind
+
 
 @dataclass(frozen=True)
 class PairLogps:
@@ -165,8 +167,7 @@ class Paper:
 #   reward_pair / reward_list / reward_rating : reward-model scores (see prefkit.losses.reward)
 LossKind = Literal["pair", "list", "unpaired", "reward_pair", "reward_list", "reward_rating"]
 
-# The record kinds of the data layer (``prefkit.data.records.kind_of``).
-RecordKind = Literal["pair", "ranking", "rating", "unpaired"]
+# The record kind each loss kind trains on (``prefkit.kinds``, the vocabulary ``prefkit.data`` uses too).
 
 RECORD_KIND: dict[LossKind, RecordKind] = {
     "pair": "pair", "list": "ranking", "unpaired": "unpaired",

@@ -355,7 +355,6 @@ def padded_is_cheaper(batch: Batch, share_prefix: bool) -> bool:
     return run_tokens > (1 - MIN_SAVING) * batch.input_ids.numel()
 
 
-_padded_is_cheaper = padded_is_cheaper
 """Deprecated alias of :func:`padded_is_cheaper` (its former private name); to be removed."""
 
 
