@@ -248,7 +248,8 @@ class OutputConfig:
     dir: str = "runs/prefkit"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, plots, final model."""
     overwrite: bool = False
-    """Allow writing into a run directory that already holds a run (without ``--resume``)."""
+    """Start a new run in a prefkit run folder that holds one: clears only what prefkit wrote there (listed
+    in its ``.prefkit-run.json``); a folder prefkit did not create is refused either way."""
     tensorboard: bool = True
     """Write TensorBoard events (when ``tensorboard`` is installed)."""
     plots: bool = True
