@@ -117,7 +117,8 @@ CASES: dict[str, tuple[Case, str, str]] = {
                            "finite"),
     # --- model folders ---
     "model-missing": (lambda t, g: [f"model.path={t / 'nope'}"], "model.path", "not a local folder"),
-    "model-hub-id": (lambda t, g: ["model.path=HuggingFaceTB/SmolLM2-135M"], "model.path", "never downloads"),
+    "model-hub-id-offline-not-cached": (lambda t, g: ["model.path=HuggingFaceTB/SmolLM2-135M"], "model.path",
+                                        "is not in the local Hugging Face cache"),
     "model-empty-folder": (lambda t, g: [f"model.path={folder(t, 'empty', {})}"], "model.path", "no config.json"),
     "model-not-a-model": (lambda t, g: [f"model.path={folder(t, 'notes', {'notes.txt': 'hi'})}"], "model.path",
                           "not a Hugging Face model folder"),
@@ -209,7 +210,9 @@ def test_there_are_enough_cases() -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_config_is_one_line_before_any_model_loads(name, good, tmp_path, capsys, no_loading) -> None:
+def test_bad_config_is_one_line_before_any_model_loads(name, good, tmp_path, capsys, no_loading, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here; hub ids resolve from an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     make, key, text = CASES[name]
     overrides = make(tmp_path, good)
     job = base_yaml(tmp_path, good)

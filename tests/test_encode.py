@@ -295,25 +295,36 @@ def test_config_errors() -> None:
     assert EncodeConfig.from_dict({"max_length": 64}).max_length == 64
 
 
-HH = Path(__file__).resolve().parents[1] / "../shared/data/hh-rlhf-harmless-1600.jsonl.gz"
+HH = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-200.jsonl.gz"  # see tests/data/README.md
 
 
-@pytest.mark.skipif(not HH.exists(), reason="HH-RLHF sample not present")
 def test_real_hh_pairs_encode_with_exact_masks() -> None:
-    """200 real HH-RLHF pairs (multi-turn chat): every completion mask decodes to the assistant
+    """The 200 real HH-RLHF pairs of the excerpt (multi-turn chat, with HH's quirks: 4 empty final
+    chosen turns, 1 chosen dialogue with an extra turn): every completion mask decodes to the assistant
     message(s) + EOS, BOS and EOS appear once, and truncation to 256 tokens is counted."""
     from prefkit.data.readers import load
 
-    records = load(HH)[:200]
+    records = load(HH)
+    assert len(records) == 200
+    quirks = sorted(q for r in records for q in r.metadata.get("quirks", ()))
+    assert quirks == ["hh_diverges_early"] + ["hh_empty_chosen"] * 4
     tok = tiny_tokenizer()
-    enc = Encoder(tok)
+    enc = Encoder(tok, EncodeConfig(max_length=None))
     examples, report = enc.encode_all(records)
     assert len(examples) == 200 and report.truncated == 0
+    empty_masks = 0
     for rec, ex in zip(records, examples, strict=True):
         for completion, seq in zip((rec.chosen, rec.rejected), ex.sequences, strict=True):
-            assert tok.decode(seq.completion_ids).startswith(completion[0].content)
+            text = tok.decode(seq.completion_ids)
+            assert text.startswith(completion[0].content)
+            for later in completion[1:]:  # the extra turns of a diverging dialogue are in the mask too
+                assert later.content.strip() in text
             ids = seq.prompt_ids + seq.completion_ids
             assert ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
+            if completion[0].content == "" and len(completion) == 1:
+                empty_masks += 1
+                assert seq.completion_ids == [tok.eos_token_id]  # an empty answer trains its EOS alone
+    assert empty_masks == 4
     _, report = Encoder(tok, EncodeConfig(max_length=256)).encode_all(records)
     assert report.truncated > 0 and report.kept == 200 and report.longest > 256
 

@@ -11,6 +11,9 @@ Everything here is built in-process in milliseconds, with no network and no file
   deterministic record lists.
 
 Tokenizers are cached by arguments (``functools.lru_cache``): treat them as read-only.
+
+``prefkit testing tiny-model DIR`` (``prefkit.cli.testing``) writes the tiny model and tokenizer to a
+folder, with a small pairs file and a job, for trying the CLI offline. Guide: ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def tiny_tokenizer(*, bos: bool = True, chat_template: str | None | Literal["def
 
 
 def tiny_llama(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
-               tie_embeddings: bool = False, max_positions: int = 512,
+               tie_embeddings: bool = False, max_positions: int = 1024,
                pad_token_id: int | None = 0, bos_token_id: int | None = 1,
                eos_token_id: int | None = 2) -> LlamaForCausalLM:
     """A randomly initialised ``LlamaForCausalLM`` (fp32, eager attention, eval mode).

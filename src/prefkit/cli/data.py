@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from prefkit.data.convert import RANKING_STRATEGIES, RATING_STRATEGIES, convert
+from prefkit.data.convert import RANKING_STRATEGIES, RATING_STRATEGIES, SKIP_REASONS, convert
 from prefkit.data.readers import FORMATS, Records, read
 from prefkit.data.summary import inspect_data
 from prefkit.data.writers import write
-from prefkit.errors import ConfigError, PrefkitError
+from prefkit.errors import ConfigError, DataError, PrefkitError
+
+SUPPORTED = (".jsonl", ".json", ".csv", ".parquet")
+"""File types the CLI reads (each of the text ones also gzip-compressed, ``.gz``), besides a folder
+written by ``datasets``' ``save_to_disk``."""
+
+# The library names its column mapping ``columns=`` (Python); on the command line it is ``--column``.
+_FLAG_WORDS = [
+    (re.compile(r"^columns: ('[^']*') is not a record field(.*); map our field name to your column name, "
+                r"e\.g\. \{'prompt': 'question'\}$"),
+     r"--column: \1 is not a record field\2; write --column OURS=THEIRS (our field name, then your column "
+     r"name), e.g. --column prompt=question"),
+    (re.compile(r"^columns maps '([^']*)' to '([^']*)', but there is no column '[^']*'"),
+     r"--column \1=\2: there is no column '\2'"),
+    (re.compile(r"with columns=\)"), "with --column OURS=THEIRS)"),
+]
 
 _format = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
                        help="Row layout; 'auto' recognises each row by its columns.")
@@ -30,8 +46,47 @@ def _parse_pairs(items: tuple[str, ...] | list[str], what: str) -> dict[str, str
     return out
 
 
-def _read(path: str, fmt: str, columns: tuple[str, ...]) -> Records:
-    return read(path, format=fmt, columns=_parse_pairs(columns, "--column") or None, collect=True)
+def _flag_words(message: str) -> str:
+    """A library message in the words of the command line (``--column``, not ``columns=``)."""
+    for pattern, repl in _FLAG_WORDS:
+        message = pattern.sub(repl, message)
+    return message
+
+
+def _check_type(path: str) -> None:
+    """Refuse a file whose extension the readers do not know (rather than guess it is CSV)."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        return  # a save_to_disk folder, or a missing file (the reader says so)
+    suffixes = [x.lower() for x in p.suffixes]
+    if suffixes[-1:] == [".gz"]:
+        suffixes = suffixes[:-1]
+    if suffixes[-1:] and suffixes[-1] in SUPPORTED:
+        return
+    found = f"extension {suffixes[-1]!r}" if suffixes else "no extension"
+    raise DataError(f"unsupported file type ({found}); prefkit data reads {', '.join(SUPPORTED)} (each also "
+                    "as .gz) or a datasets save_to_disk folder", source=path, reason="wrong_type")
+
+
+def _read(path: str, fmt: str, columns: tuple[str, ...], *, collect: bool = True) -> Records:
+    _check_type(path)
+    try:
+        records = read(path, format=fmt, columns=_parse_pairs(columns, "--column") or None, collect=collect)
+    except DataError as err:
+        raise _cli_error(err) from None
+    except ConfigError as err:
+        if _flag_words(str(err)) == str(err):
+            raise
+        raise ConfigError(_flag_words(str(err))) from None
+    records.problems[:] = [_cli_error(e) for e in records.problems]
+    return records
+
+
+def _cli_error(err: DataError) -> DataError:
+    message = _flag_words(err.message)
+    if message == err.message:
+        return err
+    return DataError(message, source=err.source, line=err.line, field=err.field, reason=err.reason)
 
 
 @click.group("data")
@@ -149,19 +204,20 @@ def validate_cmd(file: str, fmt: str, columns: tuple[str, ...], strict: bool, ma
 def convert_cmd(src: str, out: str, target: str, strategy: str | None, min_gap: float, seed: int,
                 weights: str | None, on_error: str, fmt: str, columns: tuple[str, ...]) -> None:
     """Convert SRC to OUT (.jsonl, .jsonl.gz or .parquet)."""
-    records = read(src, format=fmt, columns=_parse_pairs(columns, "--column") or None,
-                   collect=on_error == "skip")
+    records = _read(src, fmt, columns, collect=on_error == "skip")
     parsed_weights = None
     if weights:
         try:
             parsed_weights = {k: float(v) for k, v in _parse_pairs(weights.split(","), "--weights").items()}
         except ValueError:
             raise ConfigError(f"--weights {weights!r}: each weight must be a number, e.g. helpfulness=0.5")
-    result = convert(records, target, strategy, **(
+    # Parquet can't hold HH dialogue text beside chat rows, so there an empty completion is left out too
+    result = convert(records, target, strategy, hh_text=not out.endswith(".parquet"), **(
         {"min_gap": min_gap, "seed": seed, "weights": parsed_weights} if target != "trl" else {}))
     n = write(result, out)
     skipped = records.skipped + result.skipped
-    detail = ", ".join(f"{c} {r}" for r, c in skipped.most_common())
+    detail = ", ".join(f"{c} {r}" + (f" ({SKIP_REASONS[r]})" if r in SKIP_REASONS else "")
+                       for r, c in skipped.most_common())
     click.echo(f"wrote {n} records to {out} (from {records.rows} rows)" + (f"; skipped: {detail}" if detail else ""))
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "demo": "prefkit.cli.train",
     "rm": "prefkit.cli.rm",
     "bon": "prefkit.cli.rm",
+    "testing": "prefkit.cli.testing",
 }
 
 

@@ -6,7 +6,6 @@ Thin wrappers over ``prefkit.models.reward`` and ``prefkit.train.run.train_rewar
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -15,12 +14,10 @@ from prefkit.errors import ConfigError, DataError
 
 
 def _offline() -> None:
-    """CLI-only process settings: never reach the Hugging Face hub (models load from local folders, so
-    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` default to 1), no weight-loading progress bars, and
-    ``transformers`` warnings off (its "sequence longer than the maximum" warning is wrong here: whole
-    dialogues are tokenized first, then cut to ``reward.max_length``)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
+    """CLI-only process settings: no weight-loading progress bars, and ``transformers`` warnings off (its
+    "sequence longer than the maximum" warning is wrong here: whole dialogues are tokenized first, then cut
+    to ``reward.max_length``). The hub is left as the environment says: a hub id downloads when online and
+    reads the local cache when ``HF_HUB_OFFLINE=1``."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -45,7 +42,7 @@ def rm() -> None:
     """Reward models: train, evaluate, score data."""
 
 
-@rm.command(name="train")
+@rm.command(name="train", context_settings={"ignore_unknown_options": True})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
               help="YAML job: model, reward, data, loss, train, output sections.")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output.dir.")
@@ -62,9 +59,10 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
     from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
     from prefkit.train.config import load_reward_config
     from prefkit.train.run import check_run_dir, read_data, train_reward_model
+    from prefkit.train.trl import flags_to_overrides
 
     _offline()
-    cfg = load_reward_config(config_path, overrides)
+    cfg = load_reward_config(config_path, flags_to_overrides(overrides))
     check_run_dir(cfg, resume)
     train, evaluation = read_data(cfg)
     start = time.perf_counter()

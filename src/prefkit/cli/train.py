@@ -7,7 +7,7 @@ import click
 from prefkit.errors import ConfigError
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config file; without it, runs the built-in demo job.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's latest checkpoint.")
@@ -15,13 +15,14 @@ from prefkit.errors import ConfigError
 def train(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
     """Train a model: prefkit train --config FILE.yaml [key=value ...] [--resume].
 
-    Overrides use dotted keys for nested sections, e.g. train.lr=1e-5 loss.beta=0.2 output.dir=runs/a.
+    Overrides use dotted keys for nested sections, e.g. train.lr=1e-5 loss.beta=0.2 output.dir=runs/a;
+    --key value and --key=value work too, and TRL's names (--learning_rate 1e-5, --max_steps 5) map to
+    prefkit's keys with a note (docs/trl.md).
     """
     from prefkit.train.config import load_config
+    from prefkit.train.trl import flags_to_overrides
 
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"bad argument {item!r}; overrides are key=value (e.g. train.lr=1e-5)")
+    overrides = tuple(flags_to_overrides(overrides))
     if config_path is None and not overrides and not resume:
         _demo()
         return
@@ -36,9 +37,21 @@ def train(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> 
         from prefkit.train.run import run
 
         result = run(cfg, resume=resume)
-    shown = {k: round(v, 4) for k, v in result.items() if k in ("step", "loss", "rewards/accuracies",
-                                                                   "eval/loss", "eval/rewards/accuracies")}
-    click.echo(f"done: {shown or result}; outputs in {cfg.output.dir}")
+    click.echo(done_line(result, cfg.output.dir))
+
+
+_SHOWN = (("step", "step", "{:d}"), ("loss", "loss", "{:.4f}"), ("rewards/accuracies", "accuracy", "{:.3f}"),
+          ("eval/loss", "eval loss", "{:.4f}"), ("eval/rewards/accuracies", "eval accuracy", "{:.3f}"))
+
+
+def done_line(result: dict, out_dir: str) -> str:
+    """``done: step 3, loss 0.6928, accuracy 1.000; outputs in runs/dpo`` from a run's final metrics."""
+    parts = []
+    for key, label, fmt in _SHOWN:
+        value = result.get(key)
+        if isinstance(value, int | float) and value == value:  # NaN (no such metric this run) is left out
+            parts.append(f"{label} {fmt.format(int(value) if fmt == '{:d}' else float(value))}")
+    return f"done: {', '.join(parts) or 'no metrics'}; outputs in {out_dir}"
 
 
 def _demo(**kwargs: object) -> None:

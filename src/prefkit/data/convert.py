@@ -14,9 +14,15 @@
   ``chosen``, ``rejected``; unpaired: ``prompt``, ``completion``, ``label``; chat as lists of
   ``{"role", "content"}``), plus ours for the rest (``response``/``score``/``attributes``/``scale``,
   ``responses``/``scores``/``tie_groups``) and the optional fields that are set. ``from_trl(to_trl(r))
-  == r``.
+  == r``. A pair whose chat completion has only empty content (HH rows that end with an empty
+  ``"\n\nAssistant: "`` turn, kept and flagged by the loader) is written back as the HH dialogue text
+  it came from, the one layout that loads an empty completion.
 
 Every converter returns a ``Records`` list whose ``skipped`` counts what made no output, by reason.
+``convert`` also leaves out, as ``empty_completion``, a record that no written form would load back
+(an empty completion that HH text can't hold: a KTO row made from an HH pair's empty side, a system
+prompt...; with ``hh_text=False``, for Parquet, every record with an empty completion), so that what
+it returns can be written and read back to equal records.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
+from prefkit.data import hh
 from prefkit.data.readers import Records, row_to_records
 from prefkit.data.records import Completion, Pair, Ranking, Rating, Record, Unpaired
 from prefkit.errors import ConfigError, DataError
 
 RATING_STRATEGIES = ("best_vs_worst", "best_vs_random", "all")
 RANKING_STRATEGIES = ("all", "adjacent", "best_vs_rest")
+SKIP_REASONS = {
+    "empty_completion": "a completion with no text, e.g. HH's empty final Assistant turn: only HH dialogue "
+                        "text loads it back, and this record or output type can't be written as that",
+}
+"""Why ``convert`` leaves a record out, for reasons that need saying (printed by ``prefkit data convert``)."""
 
 
 def _common(r: Record, **changes: Any) -> dict[str, Any]:
@@ -144,7 +156,7 @@ def ranking_to_pairs(rankings: Iterable[Ranking], strategy: Literal["all", "adja
             if r.tie_groups is not None and r.tie_groups[i] == r.tie_groups[j]:
                 out.skipped["tied"] += 1
                 continue
-            meta = {**r.metadata, "ranks": (i, j)}
+            meta = {**r.metadata, "ranks": [i, j]}
             strength = r.strength
             if r.scores is not None:
                 meta.update(score_chosen=r.scores[i], score_rejected=r.scores[j])
@@ -200,8 +212,59 @@ def _plain(x: Completion) -> Any:
     return x if isinstance(x, str) else [{"role": m.role, "content": m.content} for m in x]
 
 
+def _completions(record: Record) -> list[tuple[str, Completion]]:
+    if isinstance(record, Pair):
+        return [("chosen", record.chosen), ("rejected", record.rejected)]
+    if isinstance(record, Ranking):
+        return [(f"responses[{i}]", x) for i, x in enumerate(record.responses)]
+    return [("completion" if isinstance(record, Unpaired) else "response", record.response)]
+
+
+def empty_completion(record: Record) -> str | None:
+    """The field of ``record`` whose chat completion has only empty content (which only HH dialogue text
+    loads back), or None."""
+    return next((name for name, c in _completions(record)
+                 if not isinstance(c, str) and not any(m.content.strip() for m in c)), None)
+
+
+def _hh_row(record: Record) -> dict[str, Any] | None:
+    """``record`` as an HH dialogue-text row when that row loads back to an equal record, else None."""
+    if not isinstance(record, Pair) or isinstance(record.prompt, str):
+        return None
+    try:
+        row: dict[str, Any] = {"chosen": hh.render(record.prompt + record.chosen),
+                               "rejected": hh.render(record.prompt + record.rejected)}
+    except DataError:  # a role HH text has no name for (system, tool)
+        return None
+    row.update((k, v) for k, v in _trl_row(record).items() if k not in ("prompt", "chosen", "rejected"))
+    try:
+        back = row_to_records(row, format="hh")
+    except DataError:
+        return None
+    return row if back == [record] else None
+
+
+def loads_back(record: Record, *, hh_text: bool = True) -> bool:
+    """Whether ``to_trl(record)``, written and read back, gives ``record`` again as far as the record's
+    content goes: False only for an empty completion that (with ``hh_text``) HH text can't hold."""
+    if empty_completion(record) is None:
+        return True
+    return hh_text and _hh_row(record) is not None
+
+
 def to_trl(record: Record) -> dict[str, Any]:
-    """One dict with TRL's column names (see the module docstring); optional fields only when set."""
+    """One dict with TRL's column names (see the module docstring); optional fields only when set.
+
+    A pair with an empty chat completion that HH text can hold becomes that HH dialogue text (``chosen``
+    and ``rejected`` as whole dialogues, no ``prompt``), which loads back to the equal record."""
+    if empty_completion(record) is not None:
+        row = _hh_row(record)
+        if row is not None:
+            return row
+    return _trl_row(record)
+
+
+def _trl_row(record: Record) -> dict[str, Any]:
     out: dict[str, Any] = {"prompt": _plain(record.prompt)}
     if isinstance(record, Pair):
         out.update(chosen=_plain(record.chosen), rejected=_plain(record.rejected))
@@ -243,23 +306,33 @@ def from_trl(row: Mapping[str, Any], format: str = "auto") -> Record:
 
 
 def convert(records: Iterable[Record], to: Literal["pairs", "unpaired", "trl"], strategy: str | None = None,
-            **kwargs: Any) -> Records:
+            *, hh_text: bool = True, **kwargs: Any) -> Records:
     """``to="pairs"`` (``to_pairs``), ``"unpaired"`` (pairs first, then ``pairs_to_unpaired``) or
-    ``"trl"`` (records unchanged; writers emit TRL-style rows)."""
+    ``"trl"`` (records unchanged; writers emit TRL-style rows).
+
+    What no written form would load back is left out and counted as ``empty_completion`` (see the
+    module docstring); ``hh_text=False`` (Parquet, where HH text can't share a column with chat rows)
+    leaves out every record with an empty completion."""
     records = list(records)
     if to == "trl":
-        return Records(records, source="convert", rows=len(records))
-    if to == "pairs":
-        return to_pairs(records, strategy, **kwargs)
-    if to == "unpaired":
+        out = Records(records, source="convert", rows=len(records))
+    elif to == "pairs":
+        out = to_pairs(records, strategy, **kwargs)
+    elif to == "unpaired":
         pairs = to_pairs([r for r in records if not isinstance(r, Unpaired)], strategy, **kwargs)
         out = pairs_to_unpaired(pairs)
         out.extend(r for r in records if isinstance(r, Unpaired))
         out.rows = len(records)
         out.skipped.update(pairs.skipped)
-        return out
-    raise ConfigError(f"unknown target {to!r}; choose from ['pairs', 'unpaired', 'trl']")
+    else:
+        raise ConfigError(f"unknown target {to!r}; choose from ['pairs', 'unpaired', 'trl']")
+    kept = [r for r in out if loads_back(r, hh_text=hh_text)]
+    if len(kept) < len(out):
+        out.skipped["empty_completion"] += len(out) - len(kept)
+        out[:] = kept
+    return out
 
 
-__all__ = ["RANKING_STRATEGIES", "RATING_STRATEGIES", "attributes_to_score", "convert", "from_trl",
-           "pairs_to_unpaired", "ranking_to_pairs", "ratings_to_pairs", "to_pairs", "to_trl"]
+__all__ = ["RANKING_STRATEGIES", "RATING_STRATEGIES", "SKIP_REASONS", "attributes_to_score", "convert",
+           "empty_completion", "from_trl", "loads_back", "pairs_to_unpaired", "ranking_to_pairs",
+           "ratings_to_pairs", "to_pairs", "to_trl"]

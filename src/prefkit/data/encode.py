@@ -68,8 +68,9 @@ DROP_REASONS = {
 class EncodeConfig:
     """How records become token ids (see the module docstring for the exact rules)."""
 
-    max_length: int | None = None
-    """Most tokens per sequence (prompt + completion, BOS and EOS included); None: no limit."""
+    max_length: int | None = 1024
+    """Most tokens per sequence (prompt + completion, BOS and EOS included; TRL's default, 1,024); None:
+    no limit. Training refuses a value above the model's position limit (``max_position_embeddings``)."""
 
     max_prompt_length: int | None = None
     """Most prompt tokens (BOS included); a longer prompt keeps its end. None: no separate limit."""

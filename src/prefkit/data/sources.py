@@ -1,5 +1,5 @@
-"""Sources -> rows: a path (JSONL, JSON, CSV, Parquet, gzip, a ``save_to_disk`` folder), a list of dicts or
-a ``datasets.Dataset`` becomes ``(name, [(location, row dict | DataError)])``.
+"""Sources -> rows: a path (JSONL, JSON, CSV, Parquet, gzip, a ``save_to_disk`` folder), a hub dataset id
+(:func:`hub_dataset`), a list of dicts or a ``datasets.Dataset`` becomes ``(name, [(location, row dict | DataError)])``.
 
 Only regular files are read (a FIFO, device or socket is refused without being opened); a ``datasets``
 folder is checked before ``datasets`` opens anything in it, and file-backed feature columns (``Image``,
@@ -36,6 +36,16 @@ def open_source(source: Any, known: frozenset[str] = frozenset()) -> tuple[str, 
 
     ``known``: the field names of a row, to tell one pretty-printed row object from a wrapper object.
     """
+    if isinstance(source, str) and (hub := hub_dataset(source)) is not None:
+        cache, missing = hub_dataset_missing(source)
+        try:
+            import datasets
+            ds = None if missing else datasets.load_dataset(hub[0], split=hub[2], revision=hub[1], cache_dir=cache)
+        except Exception as err:  # not found, no such split, no network: one line
+            missing = f"can't load hub dataset {hub[0]!r} split {hub[2]!r} ({type(err).__name__}: {first_line(err)})"
+        if missing:
+            raise DataError(missing, source=source, reason="missing_file")
+        return _open_dataset(ds, source)
     if isinstance(source, str | Path):
         return _open_path(Path(source), str(source), known)
     module = type(source).__module__ or ""
@@ -45,6 +55,27 @@ def open_source(source: Any, known: frozenset[str] = frozenset()) -> tuple[str, 
         return "<list>", [(("row", i), _list_row(r)) for i, r in enumerate(source)]
     raise DataError(f"can't read a {type(source).__name__}; pass a path, a list of dicts or a "
                     "datasets.Dataset", reason="wrong_type")
+
+
+HUB_DATASET = re.compile(r"([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*?)(?:@([\w./-]+?))?(?::([\w.-]+))?")
+
+
+def hub_dataset(spec: str) -> tuple[str, str | None, str] | None:
+    """(repo id, revision, split: ``train`` by default) for a hub dataset id ``org/name[@revision][:split]`` naming no
+    local file or folder (a local one wins); else None. Read with ``datasets.load_dataset`` (offline: its cache)."""
+    m = None if os.path.lexists(os.path.expanduser(spec)) else HUB_DATASET.fullmatch(spec)
+    suffixes = (".jsonl", ".json", ".csv", ".parquet", ".gz", ".txt", ".md")  # a local file name, not a hub id
+    return (m[1], m[2], m[3] or "train") if m and not m[1].lower().endswith(suffixes) else None
+
+
+def hub_dataset_missing(spec: str) -> tuple[str, str | None]:
+    """(``datasets``' cache folder, why hub dataset ``spec`` can't be read: offline and not cached, or None)."""
+    env, repo = os.environ.get, (hub_dataset(spec) or (spec,))[0]
+    cache = os.path.expanduser(env("HF_DATASETS_CACHE") or os.path.join(env("HF_HOME") or os.path.join(
+        env("XDG_CACHE_HOME") or "~/.cache", "huggingface"), "datasets"))
+    offline = (env("HF_HUB_OFFLINE") or env("HF_DATASETS_OFFLINE") or "").upper() in ("1", "ON", "YES", "TRUE")
+    cached = any(p.is_dir() for p in Path(cache, repo.replace("/", "___")).glob("*/*/*"))
+    return cache, None if cached or not offline else f"dataset {repo!r} is not in the local Hugging Face datasets cache ({cache}) and the hub is offline (HF_HUB_OFFLINE=1); download it first or pass a local file"
 
 
 def _list_row(row: Any) -> Any:

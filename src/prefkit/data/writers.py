@@ -6,7 +6,10 @@ text and chat records can't share a column: write them to separate files.
 
 A record that can't be written (a value JSON can't hold, such as NaN or an object in ``metadata``; text
 that is not valid Unicode; values nested too deeply) raises ``DataError`` naming the output file and
-the record's index, never another exception.
+the record's index, never another exception. So does a record that would not load back: one with an
+empty chat completion (HH's empty final Assistant turn) is written as its HH dialogue text when that
+text reproduces it (JSONL only: Parquet can't put that text in a column of chat rows), and refused
+otherwise; ``prefkit.data.convert.convert`` leaves such records out and counts them instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from prefkit.data.convert import to_trl
+from prefkit.data.convert import empty_completion, loads_back, to_trl
 from prefkit.data.records import Record
 from prefkit.errors import DataError
 
@@ -56,10 +59,21 @@ def _utf8(text: str, path: Path, first: int = 0) -> bytes:
                         reason="encoding") from None
 
 
+def _loadable(record: Record, i: int, path: Path, *, hh_text: bool) -> Record:
+    """``record``, or a DataError naming it when its written row would not load back."""
+    if not loads_back(record, hh_text=hh_text):
+        where = ("HH dialogue text that reproduces it, which Parquet can't hold beside chat rows "
+                 "(write .jsonl)" if hh_text is False and loads_back(record) else "HH dialogue text")
+        raise DataError(f"record {i} has an empty completion ({empty_completion(record)!r}), which loads "
+                        f"back only as {where}; leave it out (prefkit.data.convert does, and counts it)",
+                        source=str(path), field=empty_completion(record), reason="empty")
+    return record
+
+
 def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
     """Write one JSON object per line (gzip when ``path`` ends in ``.gz``); returns the row count."""
     path = Path(path)
-    lines = [_line(to_trl(r), i, path) for i, r in enumerate(records)]
+    lines = [_line(to_trl(_loadable(r, i, path, hh_text=True)), i, path) for i, r in enumerate(records)]
     data = _utf8("".join(line + "\n" for line in lines), path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".gz":
@@ -75,7 +89,7 @@ def write_parquet(records: Iterable[Record], path: str | Path) -> int:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    rows = [to_trl(r) for r in records]
+    rows = [to_trl(_loadable(r, i, path, hh_text=False)) for i, r in enumerate(records)]
     for i, row in enumerate(rows):
         for key in ("metadata", "attributes"):
             if key in row:

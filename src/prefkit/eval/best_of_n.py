@@ -39,35 +39,81 @@ def _messages(value: Any, where: str) -> str | tuple[Message, ...]:
     raise DataError(f"{where}: expected text or a list of {{role, content}} messages, got {value!r:.60}")
 
 
+class Row(dict):
+    """One input row (a plain ``dict``) that knows where it came from: ``where`` reads like the data
+    loader's locations, ``"data.jsonl line 3"`` (1-based physical line where the row starts, for JSONL
+    and JSON) or ``"data.parquet row 0"`` (0-based, for Parquet)."""
+
+    where: str = ""
+
+
+def _row(value: Any, where: str) -> Row:
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: every row must be a JSON object")
+    row = Row(value)
+    row.where = where
+    return row
+
+
+def _json_array(text: str, name: str) -> list[Row]:
+    """The objects of a JSON array, each located at the line where it starts."""
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    rows: list[Row] = []
+    i = skip(text.index("[") + 1)
+    if text[i:i + 1] == "]":
+        return rows
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name} line {err.lineno}: not JSON ({err.msg})") from None
+        rows.append(_row(value, f"{name} line {line(i)}"))
+        i = skip(end)
+        if text[i:i + 1] == "]":
+            return rows
+        if text[i:i + 1] != ",":
+            raise DataError(f"{name} line {line(i)}: not JSON (expected ',' or ']' after a row)")
+        i = skip(i + 1)
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Raw rows of a JSONL / JSON / Parquet file (gzip allowed for the text ones)."""
+    """Raw rows of a JSONL / JSON / Parquet file (gzip allowed for the text ones), each a :class:`Row`
+    that knows its location."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"no such file: {str(path)!r}")
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(p).to_pylist()
+        return [_row(r, f"{p.name} row {i}") for i, r in enumerate(pq.read_table(p).to_pylist())]
     raw = p.read_bytes()
-    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        rows = json.loads(stripped)
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{p.name} line {n}: not JSON ({err.msg})") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{p.name}: every row must be a JSON object")
+    text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8-sig")
+    if text.lstrip().startswith("["):
+        return _json_array(text, p.name)
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # physical lines, as the data loader counts them
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{p.name} line {n}: not JSON ({err.msg})") from None
+            rows.append(_row(value, f"{p.name} line {n}"))
     return rows
 
 
 def parse_candidates(row: dict[str, Any], where: str) -> tuple[Any, list[Any]]:
-    """(prompt, candidates) of one input row."""
+    """(prompt, candidates) of one input row; errors name ``where``, or the row's own location when it
+    is a :class:`Row` from :func:`read_rows` (the loader's 1-based line, not a 0-based index)."""
+    where = getattr(row, "where", "") or where
     if "prompt" not in row:
         raise DataError(f"{where}: missing field 'prompt'")
     column = next((c for c in CANDIDATE_COLUMNS if c in row), None)
@@ -88,7 +134,7 @@ def best_of_n(model: RewardModel, rows: Sequence[dict[str, Any]], *, batch_size:
     """One output row per input row with ``best``, ``best_index``, ``scores``, ``worst_index``."""
     out = []
     for i, row in enumerate(rows):
-        prompt, candidates = parse_candidates(row, f"{source} row {i}")
+        prompt, candidates = parse_candidates(row, f"{source} row {i}")  # a Row says its own line
         best, scores = model.best_of(prompt, candidates, batch_size=batch_size)
         column = next(c for c in CANDIDATE_COLUMNS if c in row)
         out.append({**row, "best": row[column][best], "best_index": best,
@@ -114,4 +160,4 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     return len(rows)
 
 
-__all__ = ["best_of_n", "read_rows", "parse_candidates", "write_rows", "CANDIDATE_COLUMNS"]
+__all__ = ["best_of_n", "read_rows", "parse_candidates", "write_rows", "CANDIDATE_COLUMNS", "Row"]

@@ -34,18 +34,17 @@ def plot_reliability(calibration: Mapping[str, Any], path: str | Path) -> Path:
     ax.plot([lo, 1.0], [lo, 1.0], "--", color="gray", label="perfect calibration")
     ax.set_xlim(lo, 1.0)
     ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (chosen scored higher)")
     ece = calibration.get("ece")
     ax.set_title(f"Reliability diagram (ECE {ece:.3f})" if isinstance(ece, float) and math.isfinite(ece)
                  else "Reliability diagram")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=3, fontsize=8, frameon=False)  # above the axes
     ax_n.bar(lows, [b["count"] for b in bins], width=widths, align="edge", color="#8c8c8c",
              edgecolor="white")
     ax_n.set_xlabel("confidence max(p, 1 − p)")
     ax_n.set_ylabel("pairs")
-    fig.tight_layout()
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")  # "tight": the legend outside the axes is kept
     return out
 
 
@@ -62,10 +61,9 @@ def plot_margin_histogram(histogram: Mapping[str, Any], path: str | Path) -> Pat
     ax.set_xlabel("margin  log P(chosen ≻ rejected) − log P(rejected ≻ chosen)")
     ax.set_ylabel("pairs")
     ax.set_title("Reward margins")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)  # beside the axes
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")  # "tight": the legend outside the axes is kept
     return out
 
 

@@ -37,6 +37,8 @@ Docstring format of every loss function (the CLI and docs read the first two sec
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib
 import inspect
 import math
@@ -65,6 +67,17 @@ def get_loss(name: str) -> LossSpec:
     losses = _registry()
     if name in losses:
         return losses[name]
+    from prefkit.losses.aliases import TRL_ALIASES, resolve
+
+    if name in TRL_ALIASES:  # TRL's name: the same loss under prefkit's name (one notice line on stderr)
+        target, fixed = resolve(name)
+        spec = losses[target]
+        if not fixed:
+            return spec
+        fn = functools.partial(spec.fn, **fixed)  # the fixed parameters become the defaults
+        fn.__doc__ = spec.fn.__doc__  # type: ignore[misc]  # formula_of / references_of read it
+        return dataclasses.replace(spec, fn=fn)
+    resolve(name)  # a TRL name prefkit does not support: one line saying why
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -76,7 +89,8 @@ def get_loss(name: str) -> LossSpec:
             raise ConfigError(f"loss {name!r}: {module_name}.{attr} must be a prefkit.losses.LossSpec, "
                               f"got {type(spec).__name__}")
         return spec
-    raise ConfigError(f"unknown loss {name!r}{did_you_mean(name, losses)}; choose from {sorted(losses)} "
+    near = did_you_mean(name, [*losses, *TRL_ALIASES])
+    raise ConfigError(f"unknown loss {name!r}{near}; choose from {sorted(losses)} (or a TRL loss_type, see docs/trl.md) "
                       "or give 'pkg.module:attr' naming a LossSpec")
 
 

@@ -1,11 +1,18 @@
-"""Loading policies and references from local files: Hugging Face directories or GGUF files, plus LoRA.
+"""Loading policies and references: local Hugging Face folders, GGUF files or hub ids, plus LoRA.
 
-- :func:`load_model` / :func:`load_tokenizer`: a local directory (safetensors weights) or a ``.gguf``
+- :func:`load_model` / :func:`load_tokenizer`: a local directory (safetensors weights), a ``.gguf``
   file (``transformers``' ``gguf_file=`` loader; needs the ``gguf`` package, dequantises to
-  ``dtype``). Never a hub id, never ``trust_remote_code``, no network.
+  ``dtype``), or a Hugging Face hub id ``org/name`` / ``org/name@revision`` (:func:`hub_id`). Never
+  ``trust_remote_code``; safetensors only. Loads show no weight-loading progress bar.
+- Hub ids (models, tokenizers, reference models, reward backbones, LoRA adapters) resolve through
+  ``huggingface_hub.snapshot_download`` to a folder of the local hub cache (:func:`hub_snapshot`):
+  downloaded when online (only safetensors, JSON and tokenizer files), read from the cache when offline
+  (``HF_HUB_OFFLINE=1``, read when called). A local file or folder of the same name always wins.
 - :func:`check_model_path` / :func:`check_tokenizer_path` / :func:`check_adapter_dir`: what those
   loaders need, checked without loading anything (``load_config`` calls them at parse time; the
   loaders call them too), each problem one ``ConfigError`` line naming the path and the missing file.
+  At parse time (:func:`check_model_files`) a hub id is checked in its cached snapshot; one not cached
+  is an error when offline and left to the load (which downloads it) when online.
 - :func:`add_lora`: wrap a model with a fresh (or saved) LoRA adapter (peft).
 - :func:`frozen`: a model switched to eval mode with gradients off (a reference).
 - :func:`adapters_disabled`: context manager that runs a PEFT model without its adapters, the
@@ -20,6 +27,8 @@ import contextlib
 import copy
 import importlib.util
 import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,15 +60,135 @@ def _named(path: str | Path, what: str) -> str:
     return f"{what} {str(path)!r}"
 
 
-def _local(path: str | Path, what: str) -> Path:
-    """``path`` expanded; ConfigError when it is empty or does not exist."""
+HUB_ID = re.compile(r"([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@([\w./-]+))?")
+"""``org/name`` or ``org/name@revision`` (a branch, tag or commit hash)."""
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+"""What a hub snapshot download fetches: configs, safetensors weights, tokenizer files (no pickles, no code)."""
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".jsonl", ".yaml", ".yml")
+
+
+def hub_id(path: str | Path) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when ``path`` is a hub id (``org/name[@revision]``) and no local file or
+    folder of that name exists; None for anything else (a local path, whether it exists or not)."""
+    if isinstance(path, Path) or os.path.lexists(os.path.expanduser(str(path))):
+        return None
+    m = HUB_ID.fullmatch(str(path))
+    if m is None or m[1].lower().endswith(_FILE_SUFFIXES) or m[1].split("/")[0] in (".", ".."):
+        return None
+    return m[1], m[2]
+
+
+def hub_offline() -> bool:
+    """True when the hub is offline: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` set now (or at import)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(var, "") for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def hub_cache() -> str:
+    """The hub cache folder: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, read when called (huggingface_hub's
+    own default otherwise)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if not env and os.environ.get("HF_HOME"):
+        env = os.path.join(os.environ["HF_HOME"], "hub")
+    return os.path.expandvars(os.path.expanduser(env)) if env else constants.HF_HUB_CACHE
+
+
+def hub_snapshot(path: str | Path, what: str, *, download: bool = True) -> Path | None:
+    """The local snapshot folder of hub id ``path`` (:func:`hub_id`) in the hub cache: downloaded when
+    online and ``download``. Not cached: a one-line ConfigError when offline, None when online and not
+    ``download`` (the load will download it). Hub errors (unknown repo or revision, gated, no network)
+    are one ConfigError line each."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    hub = hub_id(path)
+    if hub is None:
+        raise ConfigError(f"{_named(path, what)} is not a hub id (org/name or org/name@revision)")
+    repo, revision = hub
+    offline, cache = hub_offline(), hub_cache()
+    local_only = offline or not download
+    try:
+        return Path(snapshot_download(repo, revision=revision, cache_dir=cache, allow_patterns=HUB_FILES,
+                                      local_files_only=local_only))
+    except LocalEntryNotFoundError as err:
+        rev = f" at revision {revision!r}" if revision else ""
+        if offline:
+            raise ConfigError(f"{what} {repo!r}{rev} is not in the local Hugging Face cache ({cache}) and the "
+                              "hub is offline (HF_HUB_OFFLINE=1); download it first (hf download "
+                              f"{repo}) or pass a local folder") from None
+        if local_only:
+            return None
+        reason = str(err.__cause__ or err).strip().splitlines()[0][:200]
+        raise ConfigError(f"{what} {repo!r}{rev} could not be downloaded from the Hugging Face hub ({reason}) "
+                          f"and is not in the local cache ({cache}); check the network or pass a local "
+                          "folder") from None
+    except GatedRepoError:
+        raise ConfigError(f"{what} {repo!r} is a gated hub repository: accept its terms on huggingface.co "
+                          "and log in (hf auth login), or pass a local folder") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{what} {repo!r} is neither a local folder nor a Hugging Face hub repository (or "
+                          "it is private: log in with hf auth login)") from None
+    except RevisionNotFoundError:
+        raise ConfigError(f"{what} {repo!r} has no revision {revision!r} on the Hugging Face hub") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise ConfigError(f"{what} {repo!r}: the Hugging Face hub failed ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
+
+
+def _local(path: str | Path, what: str, download: bool = True) -> Path | None:
+    """``path`` expanded, or a hub id's snapshot folder (downloaded if need be; ``download=False``: None when
+    online and not cached); ConfigError when it is empty or does not exist."""
     if not str(path):
-        raise ConfigError(f"no {what} given; set it to a local model folder or .gguf file")
+        raise ConfigError(f"no {what} given; set it to a local model folder, .gguf file or hub id (org/name)")
+    if hub_id(path) is not None:
+        return hub_snapshot(path, what, download=download)
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{_named(path, what)} is not a local folder or file (prefkit never downloads: "
-                          "point it at a local copy)")
+        raise ConfigError(f"{_named(path, what)} is not a local folder or file, nor a hub id (org/name)")
     return p
+
+
+def _checked(path: str | Path, what: str, problem_of: Any, download: bool) -> Path:
+    """``path`` resolved (:func:`_local`) when ``problem_of(folder)`` is None, else one ConfigError line. A
+    hub id checked without ``download`` while online passes when not cached or incomplete (the load
+    downloads it and checks again)."""
+    p = _local(path, what, download)
+    if p is None:
+        return Path(path)
+    problem = problem_of(p)
+    if problem is not None:
+        hub = hub_id(path) is not None
+        if hub and not download and not hub_offline():
+            return p
+        raise ConfigError(f"{_named(path, what)}{f' (hub snapshot {str(p)!r})' if hub else ''} {problem}")
+    return p
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No ``transformers`` weight-loading progress bar inside (the previous setting is restored)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    was, hub_was_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+            if hub_was_off:
+                disable_progress_bars()
 
 
 def _json_object(file: Path) -> dict[str, Any] | None:
@@ -173,14 +302,11 @@ def model_path_problem(path: str | Path, *, gguf: bool = True, causal: bool = Tr
     return _model_type_problem(_json_object(p / MODEL_CONFIG), causal) or _weights_problem(p)
 
 
-def check_model_path(path: str | Path, what: str = "model", *, gguf: bool = True, causal: bool = True) -> Path:
-    """``path`` expanded, or a one-line ConfigError naming ``what`` (e.g. ``"model.path"``) and the problem
-    (:func:`model_path_problem`)."""
-    p = _local(path, what)
-    problem = model_path_problem(p, gguf=gguf, causal=causal)
-    if problem is not None:
-        raise ConfigError(f"{_named(path, what)} {problem}")
-    return p
+def check_model_path(path: str | Path, what: str = "model", *, gguf: bool = True, causal: bool = True,
+                     download: bool = True) -> Path:
+    """``path`` expanded (a hub id: its snapshot folder, :func:`hub_snapshot`), or a one-line ConfigError
+    naming ``what`` (e.g. ``"model.path"``) and the problem (:func:`model_path_problem`)."""
+    return _checked(path, what, lambda p: model_path_problem(p, gguf=gguf, causal=causal), download)
 
 
 def tokenizer_path_problem(path: str | Path) -> str | None:
@@ -203,35 +329,32 @@ def tokenizer_path_problem(path: str | Path) -> str | None:
             "set model.tokenizer to the folder that has them")
 
 
-def check_tokenizer_path(path: str | Path, what: str = "tokenizer") -> Path:
-    """``path`` expanded, or a one-line ConfigError naming ``what`` (:func:`tokenizer_path_problem`)."""
-    p = _local(path, what)
-    problem = tokenizer_path_problem(p)
-    if problem is not None:
-        raise ConfigError(f"{_named(path, what)} {problem}")
-    return p
+def check_tokenizer_path(path: str | Path, what: str = "tokenizer", *, download: bool = True) -> Path:
+    """``path`` expanded (a hub id: its snapshot folder), or a one-line ConfigError naming ``what``
+    (:func:`tokenizer_path_problem`)."""
+    return _checked(path, what, tokenizer_path_problem, download)
 
 
-def check_adapter_dir(path: str | Path, what: str = "lora.adapter") -> Path:
-    """``path`` expanded, or a one-line ConfigError naming ``what``: a LoRA adapter folder (peft's
-    ``save_pretrained``) holds ``adapter_config.json`` and ``adapter_model.safetensors``."""
-    p = Path(path).expanduser()
-    if not str(path) or not p.is_dir():
-        raise ConfigError(f"{_named(path, what)} is not a folder (a LoRA adapter folder written by "
-                          "save_pretrained)" if not str(path) or p.exists() else
-                          f"{_named(path, what)} does not exist (it must be a local LoRA adapter folder)")
+def adapter_dir_problem(p: Path) -> str | None:
+    """Why folder ``p`` is not a LoRA adapter folder (peft's ``save_pretrained``: ``adapter_config.json`` and
+    ``adapter_model.safetensors``), or None."""
+    if not p.is_dir():
+        return "is not a folder (a LoRA adapter folder written by save_pretrained)"
     if _json_object(p / ADAPTER_CONFIG) is None:
         full = " (it looks like a full model: use it as model.path)" if (p / MODEL_CONFIG).exists() else ""
         problem = "is not a JSON object" if (p / ADAPTER_CONFIG).exists() else "is missing"
-        raise ConfigError(f"{_named(path, what)}: {ADAPTER_CONFIG} {problem}, so it is not a LoRA adapter "
-                          f"folder{full}")
+        return f"is not a LoRA adapter folder: {ADAPTER_CONFIG} {problem}{full}"
     if not (p / ADAPTER_WEIGHTS).exists() and (p / "adapter_model.bin").exists():
-        raise ConfigError(f"{_named(path, what)} holds only adapter_model.bin; prefkit loads safetensors only "
-                          "(load it with peft and save_pretrained it again)")
-    problem = _safetensors_problem(p / ADAPTER_WEIGHTS)
-    if problem is not None:
-        raise ConfigError(f"{_named(path, what)} {problem}")
-    return p
+        return "holds only adapter_model.bin; prefkit loads safetensors only (load it with peft and save_pretrained it again)"
+    return _safetensors_problem(p / ADAPTER_WEIGHTS)
+
+
+def check_adapter_dir(path: str | Path, what: str = "lora.adapter", *, download: bool = True) -> Path:
+    """``path`` expanded (a hub id: its snapshot folder), or a one-line ConfigError naming ``what``
+    (:func:`adapter_dir_problem`)."""
+    if str(path) and hub_id(path) is None and not Path(path).expanduser().exists():
+        raise ConfigError(f"{_named(path, what)} does not exist (a local LoRA adapter folder or a hub id, org/name)")
+    return _checked(path, what, adapter_dir_problem, download)
 
 
 def check_model_files(path: str, tokenizer: str | None = None, reference: str | None = None,
@@ -239,16 +362,17 @@ def check_model_files(path: str, tokenizer: str | None = None, reference: str | 
     """A run config's model files, each checked when set (a one-line ConfigError naming its key):
     ``model.path`` (``backbone``: a reward model's, a folder loaded with ``AutoModel``) and the tokenizer
     files in it unless ``model.tokenizer`` names another folder, ``model.tokenizer``, ``reference.path``,
-    ``lora.adapter``."""
+    ``lora.adapter``. Nothing is downloaded: a hub id is checked in the local hub cache; one not cached is
+    an error when the hub is offline and is left to the load (which downloads it) when online."""
     if path:
-        check_model_path(path, "model.path", gguf=not backbone, causal=not backbone)
+        check_model_path(path, "model.path", gguf=not backbone, causal=not backbone, download=False)
         if tokenizer is None or backbone:  # a reward model reads its backbone's tokenizer first
-            check_tokenizer_path(path, "model.path")
+            check_tokenizer_path(path, "model.path", download=False)
     for key, value, check in (("model.tokenizer", tokenizer, check_tokenizer_path),
                               ("reference.path", reference, check_model_path),
                               ("lora.adapter", adapter, check_adapter_dir)):
         if value:
-            check(value, key)
+            check(value, key, download=False)
 
 
 def _split_gguf(path: str | Path) -> tuple[Path, str | None]:
@@ -260,43 +384,47 @@ def _split_gguf(path: str | Path) -> tuple[Path, str | None]:
 
 
 def local_dir(path: str | Path, what: str) -> Path:
-    """``path`` as a local directory, or a ConfigError saying ``what`` must be one."""
+    """``path`` as a local directory (a hub id: its snapshot folder in the hub cache, downloaded when online
+    and not cached), or a ConfigError saying ``what`` must be one."""
+    if hub_id(path) is not None:
+        return hub_snapshot(path, what) or Path(path)  # download=True: never None
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise ConfigError(f"{what} {str(path)!r} is not a local directory; prefkit loads models only from "
-                          "disk (download it first, then pass its folder)")
+        raise ConfigError(f"{what} {str(path)!r} is not a local directory nor a hub id (org/name); pass a "
+                          "model folder")
     return p
 
 
 def load_model(path: str | Path, *, dtype: str = "float32") -> nn.Module:
-    """A ``*ForCausalLM`` from a local directory or ``.gguf`` file, in ``dtype``."""
+    """A ``*ForCausalLM`` from a local directory, a ``.gguf`` file or a hub id (:func:`hub_snapshot`), in
+    ``dtype``; no weight-loading progress bar."""
     global load_count
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-    check_model_path(path, "model")
-    directory, gguf_file = _split_gguf(path)
+    directory, gguf_file = _split_gguf(check_model_path(path, "model"))
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": False, "local_files_only": True}
     if gguf_file is None:
         kwargs["use_safetensors"] = True
     else:
         kwargs["gguf_file"] = gguf_file
-    model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     load_count += 1
     return model
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer of a local directory or ``.gguf`` file."""
+    """The tokenizer of a local directory, a ``.gguf`` file or a hub id (:func:`hub_snapshot`)."""
     from transformers import AutoTokenizer
 
-    check_tokenizer_path(path, "tokenizer")
-    directory, gguf_file = _split_gguf(path)
+    directory, gguf_file = _split_gguf(check_tokenizer_path(path, "tokenizer"))
     kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    return AutoTokenizer.from_pretrained(str(directory), **kwargs)
+    with quiet_loading():
+        return AutoTokenizer.from_pretrained(str(directory), **kwargs)
 
 
 def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
@@ -349,5 +477,6 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 
 __all__ = ["check_model_files", "check_model_path", "check_tokenizer_path", "check_adapter_dir", "model_path_problem",
+           "adapter_dir_problem", "hub_id", "hub_offline", "hub_cache", "hub_snapshot", "quiet_loading", "HUB_FILES",
            "tokenizer_path_problem", "local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
            "is_peft", "load_count", "DTYPES"]

@@ -93,8 +93,8 @@ class RewardModel(nn.Module):
                       lora_target_modules: Sequence[str] | str = "all-linear") -> RewardModel:
         """A new reward model (freshly initialised head) on a backbone.
 
-        ``backbone``: a local model directory (loaded with ``AutoModel``, safetensors only, no remote
-        code) or a ``transformers`` model instance; a ``*ForCausalLM`` model is reduced to its base
+        ``backbone``: a local model directory or a hub id ``org/name[@revision]`` (its snapshot in the local
+        hub cache, downloaded when online; loaded with ``AutoModel``, safetensors only, no remote code) or a ``transformers`` model instance; a ``*ForCausalLM`` model is reduced to its base
         model. ``tokenizer`` defaults to the one saved in the directory.
         """
         config = config or RewardModelConfig()
@@ -120,7 +120,8 @@ class RewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
-        """A reward model saved by :meth:`save` (backbone, tokenizer, head, config), in eval mode."""
+        """A reward model saved by :meth:`save` (backbone, tokenizer, head, config), in eval mode: a local
+        folder or a hub id ``org/name[@revision]`` (a repository holding such a folder's files)."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 

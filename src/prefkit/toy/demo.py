@@ -11,7 +11,8 @@ read and nothing downloaded:
    optimisation of ``demo.yaml`` (RPO: DPO + a per-token NLL on the chosen response; the reference is
    a frozen copy of the SFT model);
 5. measures the "after" numbers, writes ``results.json`` and ``plots/before_after.png`` into the run
-   directory (the Trainer adds ``metrics.jsonl``, ``plots/*.png`` and the model under ``preference/``).
+   directory (the Trainer adds ``metrics.jsonl`` and ``plots/*.png`` under ``sft/`` and ``preference/``,
+   and the tuned model under ``preference/model``).
 
 The numbers, on held-out prompts and pairs the training never saw:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -123,13 +125,18 @@ def is_toy_config(config: RunConfig) -> bool:
 
 
 def build_model(tokenizer: Any, settings: ToySettings, seed: int) -> nn.Module:
-    """A randomly initialised tiny ``LlamaForCausalLM`` for the toy vocabulary (global RNG untouched)."""
+    """A randomly initialised tiny ``LlamaForCausalLM`` for the toy vocabulary (global RNG untouched).
+
+    Toy sequences are under 20 tokens. The position limit is nominal (rotary positions have no weights,
+    so it changes nothing in the model); it is 1,024, ``encode.max_length``'s default, so that a toy
+    config needs no ``encode`` section to pass the trainer's position-limit check.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     h = settings.hidden_size
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=h, intermediate_size=2 * h,
                          num_hidden_layers=settings.num_layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=32, pad_token_id=tokenizer.pad_token_id,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
                          attn_implementation="eager")
     with torch.random.fork_rng(devices=[]):
@@ -198,8 +205,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[str], *, sample: bo
     for _ in range(world.MAX_LEN + 1):
         if bool(done.all()):
             break
-        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_ids, cache=past, use_cache=True)  # transformers 5: `cache`, not `past_key_values`
+        past = out.cache
         logits = out.logits[:, -1].float()  # (P, V)
         if sample:
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
@@ -243,11 +250,13 @@ def snapshot(policy: nn.Module, reference: nn.Module, tokenizer: Any, pairs: lis
     by_task = {t: _mean([r for p, r in zip(prompts, sampled_r, strict=True) if p.task == t])
                for t in world.TASKS}
     policy.train(was_training)
+    # Rounded to 6 significant digits here, so the returned numbers equal those in results.json and
+    # carry no float32 noise (0.44999998807907104 -> 0.45).
     return Snapshot(
-        implicit_reward_accuracy=float(((ratio_m > 0).float() + 0.5 * (ratio_m == 0).float()).mean()),
-        policy_accuracy=float((policy_m > 0).float().mean()),
-        greedy_reward=_mean(greedy_r), sampled_reward=_mean(sampled_r), kl=float(kl),
-        sampled_reward_by_task=by_task,
+        implicit_reward_accuracy=_rounded(float(((ratio_m > 0).float() + 0.5 * (ratio_m == 0).float()).mean())),
+        policy_accuracy=_rounded(float((policy_m > 0).float().mean())),
+        greedy_reward=_rounded(_mean(greedy_r)), sampled_reward=_rounded(_mean(sampled_r)),
+        kl=_rounded(float(kl)), sampled_reward_by_task=_rounded(by_task),
         examples=[(t, g, r) for t, g, r in list(zip(texts, greedy_text, greedy_r, strict=True))[:6]])
 
 
@@ -320,7 +329,7 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
     # 1. SFT warm-up: the Trainer with an NLL objective, one pass over the SFT responses.
     sft_cfg = load_config(overrides=[
         f"output.dir={run_dir / 'sft'}", "output.overwrite=true", "output.tensorboard=false",
-        "output.save_model=false", "output.plots=false", f"train.seed={seed}",
+        "output.save_model=false", "output.plots=true", f"train.seed={seed}",
         f"train.batch_size={settings.sft_batch_size}", f"train.max_steps={settings.sft_steps}",
         f"train.lr={settings.sft_lr}", "train.scheduler=constant", "train.warmup_steps=10",
         "train.log_every=50", f"train.progress={str(config.train.progress).lower()}"])
@@ -342,13 +351,26 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
     # 4. After.
     after = snapshot(model, reference, tokenizer, eval_pairs, eval_prompts, seed, **engine)
     plots = [plot_before_after(before, after, run_dir / "plots" / "before_after.png")]
-    plots += sorted((run_dir / "preference" / "plots").glob("*.png"))
+    for stage in ("sft", "preference"):
+        plots += sorted((run_dir / stage / "plots").glob("*.png"))
     result = DemoResult(before, after, run_dir, plots, time.perf_counter() - t0,
                         {k: float(v) for k, v in train_metrics.items()})
-    (run_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (run_dir / "results.json").write_text(json.dumps(_rounded(result.to_dict()), indent=2) + "\n")
     if show:
         print_result(result)
     return result
+
+
+def _rounded(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits (float32 noise such as
+    0.44999998807907104 becomes 0.45), recursively through dicts and lists."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def run_config(config: RunConfig, *, resume: bool = False) -> dict[str, float]:

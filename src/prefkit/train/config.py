@@ -36,6 +36,7 @@ from prefkit.data.encode import EncodeConfig
 from prefkit.errors import ConfigError, did_you_mean
 from prefkit.losses import DEFAULT_LOSS, DEFAULT_REWARD_LOSS
 from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfig
+from prefkit.train.trl import apply_trl_keys
 
 POLICY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 """``lora.target_modules`` of a policy when unset; a reward model's default is ``"all-linear"``."""
@@ -58,8 +59,8 @@ class ModelConfig:
     """The policy model."""
 
     path: str = ""
-    """Local Hugging Face model directory, or a ``.gguf`` file (needs the ``gguf`` package). Never a hub id.
-    For a reward-model job (``reward`` section), the backbone (encoder or decoder)."""
+    """Local Hugging Face model directory, a ``.gguf`` file (needs the ``gguf`` package), or a hub id ``org/name[@revision]`` (also
+    ``model.tokenizer``, ``reference.path``, ``lora.adapter``; a local folder of that name wins), downloaded when online, read from the local hub cache when ``HF_HUB_OFFLINE=1``. For a reward-model job, the backbone."""
     tokenizer: str | None = None
     """Tokenizer directory; defaults to ``model.path`` (for a ``.gguf`` file, the tokenizer inside it)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -129,7 +130,7 @@ class DataConfig:
     """Training and evaluation data (read with ``prefkit.data.load``)."""
 
     train: str = ""
-    """Training data file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, optionally ``.gz``)."""
+    """Training data file (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, optionally ``.gz``), or a hub dataset ``org/name[@revision][:split]`` (split: ``train`` by default)."""
     eval: str | None = None
     """Evaluation data file; without it, ``data.eval_fraction`` of ``data.train`` is held out."""
     format: str = "auto"
@@ -552,14 +553,17 @@ def check_paths(cfg: RunConfig) -> None:
     """ConfigError (one line naming the key) unless the paths of ``cfg`` hold what they should (models:
     ``prefkit.models.load.check_model_files``), ``data.*`` exist, and ``output.dir`` and
     ``reference.cache_dir`` are no files. An empty ``model.path`` (a model passed in Python) names no model, ``model.path: toy`` no files."""
+    from prefkit.data import sources
     from prefkit.models import load as model_load
 
     if cfg.model.path != TOY:
         model_load.check_model_files(cfg.model.path, cfg.model.tokenizer, cfg.reference.path, cfg.lora.adapter,
                                      backbone=cfg.reward is not None)
         for key, data in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
-            if data and not os.path.lexists(data):
-                raise ConfigError(f"{key} {data!r} does not exist")
+            problem = sources.hub_dataset_missing(data)[1] if data and sources.hub_dataset(data) else (
+                None if not data or os.path.lexists(data) else f"{data!r} does not exist")  # hub id: cached if offline
+            if problem:
+                raise ConfigError(f"{key} {problem}")
             if data and os.path.isdir(data) and not any(
                     os.path.lexists(Path(data, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
                 raise ConfigError(f"{key} {data!r} is a folder but not a datasets folder (save_to_disk); "
@@ -578,8 +582,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     ``check_files`` (the default) its paths too (:func:`check_paths`), before any model loads."""
     data = dict(base or {})
     if path is not None:
-        data = merge(data, read_yaml(path))
-    data = merge(data, parse_overrides(overrides))
+        data = merge(data, apply_trl_keys(read_yaml(path)))  # TRL names (learning_rate...) -> prefkit keys
+    data = merge(data, apply_trl_keys(parse_overrides(overrides)))
     cfg = from_dict(RunConfig, data)
     check_loss(cfg)
     if check_files:
@@ -608,7 +612,7 @@ def check_head_and_loss(head: str, loss_name: str, spec: Any, tie_model: str | N
 
 
 REWARD_BASE: dict[str, Any] = {"reward": {}, "loss": {"name": DEFAULT_REWARD_LOSS}, "output": {"dir": "runs/rm"},
-                               "encode": {"add_bos": False, "add_eos": False}}
+                               "encode": {"add_bos": False, "add_eos": False, "max_length": None}}
 """What a reward-model job changes in the defaults: a ``reward`` section, the ``bradley_terry`` loss,
 ``runs/rm``, and encoding without BOS/EOS (the reward model adds its tokenizer's own special tokens and
 truncates to ``reward.max_length``)."""

@@ -24,6 +24,16 @@ PLOTS = {  # file -> keys drawn (train and eval/ variants when present)
     "lr.png": ("lr",),
 }
 
+# file -> (title, y-axis label). ``logps/*`` are log-probs *summed* over the completion tokens (the
+# engine's ``sequence_logps``; for rankings "rejected" is the mean of the other responses' sums).
+PLOT_LABELS = {
+    "loss.png": ("Training loss", "loss"),
+    "rewards.png": ("Rewards of chosen and rejected, and their margin", "reward"),
+    "accuracy.png": ("Preference accuracy (reward chosen > rejected)", "accuracy"),
+    "logps.png": ("Completion log-probs, summed over tokens", "log π(completion | prompt), sum"),
+    "lr.png": ("Learning rate", "learning rate"),
+}
+
 
 class MetricsWriter:
     """Appends metric lines to ``metrics.jsonl`` and mirrors them to TensorBoard when available."""
@@ -116,7 +126,11 @@ def _is_eval(row: dict[str, Any]) -> bool:
 
 
 def plot_metrics(run_dir: str | Path) -> list[Path]:
-    """PNG plots of the main curves (matplotlib, Agg backend) in ``<run_dir>/plots``; returns the files."""
+    """PNG plots of the main curves (matplotlib, Agg backend) in ``<run_dir>/plots``; returns the files.
+
+    Each plot has a title naming the run folder, axis labels and a legend outside the axes (train
+    curves solid, evaluation curves dashed with markers; one color per key).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,39 +144,64 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
         for key in keys:
             for prefix in ("", "eval/"):
                 pts = [(r["step"], r[prefix + key]) for r in rows
-                       if isinstance(r.get(prefix + key), (int, float)) and "step" in r]
+                       if isinstance(r.get(prefix + key), (int, float)) and "step" in r
+                       and math.isfinite(r[prefix + key])]
                 if pts:
                     series[prefix + key] = pts
         if not series:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
+        title, ylabel = PLOT_LABELS.get(name, (name.removesuffix(".png"), name.removesuffix(".png")))
+        fig, ax = plt.subplots(figsize=(7.5, 4))
         for label, pts in series.items():
             xs, ys = zip(*pts, strict=True)
             is_eval = label.startswith("eval/")
-            color = f"C{keys.index(label.removeprefix('eval/'))}"  # train and eval of one key share a color
-            ax.plot(xs, ys, label=label, color=color, linestyle="--" if is_eval else "-",
-                    marker="o" if is_eval else None)
-        ax.set_xlabel("step")
-        ax.legend()
+            key = label.removeprefix("eval/")
+            color = f"C{keys.index(key)}"  # train and eval of one key share a color
+            ax.plot(xs, ys, label=f"{key} ({'eval' if is_eval else 'train'})", color=color,
+                    linestyle="--" if is_eval else "-", marker="o" if is_eval or len(xs) == 1 else None)
+        if name == "accuracy.png":
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"{title}: {Path(run_dir).resolve().name}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)  # beside the axes
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / name, dpi=100)
+        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(out_dir / name)
     return written
 
 
+def _fields_column() -> Any:
+    """The progress bar's loss / accuracy / tokens/s text; a field shows only once it has a finite value
+    (an SFT run has no preference accuracy, and nothing is known before the first logged step)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FieldsColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            parts = []
+            for field, fmt in (("loss", "loss {:.4f}"), ("acc", "acc {:.2f}"), ("tps", "{:.0f} tok/s")):
+                value = task.fields.get(field)
+                if isinstance(value, (int, float)) and math.isfinite(value) and (field != "tps" or value > 0):
+                    parts.append(fmt.format(value))
+            return Text("  ".join(parts))
+
+    return FieldsColumn()
+
+
 def progress_bar(total: int, enabled: bool) -> Any:
-    """A rich progress bar with loss, accuracy and tokens/s fields (a no-op object when disabled)."""
+    """A rich progress bar with loss, accuracy and tokens/s fields (a no-op object when disabled); a field
+    that is NaN (not measured, e.g. accuracy in an SFT run) is left out rather than shown as ``nan``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2f}  {task.fields[tps]:.0f} tok/s"),
-        TimeRemainingColumn(), disable=not enabled, transient=False,
+        _fields_column(), TimeRemainingColumn(), disable=not enabled, transient=False,
     )
     return progress
 
 
-__all__ = ["MetricsWriter", "read_metrics", "plot_metrics", "progress_bar", "PLOTS"]
+__all__ = ["MetricsWriter", "read_metrics", "plot_metrics", "progress_bar", "PLOTS", "PLOT_LABELS"]

@@ -199,6 +199,15 @@ class Trainer:
         self.device = self.accelerator.device
         self.run_dir = Path(config.output.dir)
         self.objective = objective or make_objective(config)
+        # encode.max_length must fit the model's positions (max_position_embeddings or n_positions of
+        # its config, PEFT unwrapped); a model that has neither is not checked.
+        base_config = getattr(model.get_base_model() if is_peft(model) else model, "config", None)
+        limit_key = next((k for k in ("max_position_embeddings", "n_positions")
+                          if type(getattr(base_config, k, None)) is int), None)
+        if limit_key and config.encode.max_length and config.encode.max_length > getattr(base_config, limit_key):
+            limit = getattr(base_config, limit_key)
+            raise ConfigError(f"encode.max_length={config.encode.max_length} exceeds the model's position limit "
+                              f"({limit_key}={limit}); set encode.max_length={limit} or lower")
         self.encoder = Encoder(tokenizer, config.encode)
         self.records = {"train": list(train_data), "eval": list(eval_data or [])}
         self.examples = {}

@@ -1,0 +1,59 @@
+"""The online loop's parts (issue 12): generation (``sampler``) and judges (``judges``).
+
+Floor between ``train`` and ``eval | toy``: it may import ``train``, ``models``, ``data``, ``losses``,
+``errors`` and ``kinds``; ``eval``, ``toy`` and ``cli`` may import it.
+"""
+
+from prefkit.online.sampler import (
+    Completion,
+    SampleBatch,
+    Sampler,
+    SamplingSettings,
+    TorchSampler,
+    mixture_logps,
+    sampling_logits,
+)
+
+__all__ = [
+    "Sampler",
+    "SamplingSettings",
+    "Completion",
+    "SampleBatch",
+    "TorchSampler",
+    "sampling_logits",
+    "mixture_logps",
+]
+
+from prefkit.online.judges import (
+    DEFAULT_TEMPLATE,
+    PAIRWISE_NOTE,
+    POINTWISE_NOTE,
+    FunctionJudge,
+    Judge,
+    LMJudge,
+    Preferences,
+    RewardModelJudge,
+    Verdicts,
+    exact_match_judge,
+    judge_scores,
+    preference_matrix,
+    preference_probs,
+    regex_judge,
+)
+
+__all__ += [
+    "Judge",
+    "Verdicts",
+    "Preferences",
+    "POINTWISE_NOTE",
+    "PAIRWISE_NOTE",
+    "judge_scores",
+    "preference_probs",
+    "preference_matrix",
+    "FunctionJudge",
+    "regex_judge",
+    "exact_match_judge",
+    "RewardModelJudge",
+    "LMJudge",
+    "DEFAULT_TEMPLATE",
+]
