@@ -86,7 +86,9 @@ def test_edge_cases_are_counted_not_written() -> None:
 
 
 def _hh_cases() -> list:
-    shared = pytest.mark.skipif(not HH_SHARED.exists(), reason=f"{HH_SHARED} is absent (a fresh clone)")
+    # The full shared file is read only by the opt-in slow run (`pytest -m slow`); a fresh clone has the excerpt.
+    shared = [pytest.mark.slow,
+              pytest.mark.skipif(not HH_SHARED.exists(), reason=f"{HH_SHARED} is absent (a fresh clone)")]
     return [pytest.param(HH_EXCERPT, id="hh-excerpt-200"), pytest.param(HH_SHARED, id="hh-shared-1600",
                                                                          marks=shared)]
 

@@ -10,6 +10,7 @@ import torch
 
 from prefkit.data.records import Message, Pair, Rating
 from prefkit.errors import ConfigError
+from prefkit.losses import LOSSES
 from prefkit.models.heads import GPMHead, RewardModelConfig, TieHead
 from prefkit.models.reward import RewardModel
 from prefkit.models.reward_inputs import (
@@ -238,3 +239,32 @@ def test_training_log_states_the_reward_models_truncation(tmp_path, capsys):
     train_reward_model(config, train_records=pairs, model=model)
     line = next(x for x in capsys.readouterr().err.splitlines() if "train: encoded" in x)
     assert f"{expected} truncated" in line, line
+
+
+REWARD_LOSSES = sorted(n for n, spec in LOSSES.items() if spec.kind.startswith("reward_"))
+
+
+@pytest.mark.parametrize("name", REWARD_LOSSES)
+def test_every_reward_loss_trains(name, tmp_path):
+    """Every reward-model loss of the registry trains a head through the one trainer: its loss falls.
+    (``tests/test_train_losses.py`` does the same for the policy losses.)"""
+    from prefkit.train.metrics import read_metrics
+
+    spec = LOSSES[name]
+    pairs = tiny_pairs(16)
+    overrides = [f"loss.name={name}"]
+    if spec.record_kind == "pair":
+        records = [Pair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, strength=0.9) for p in pairs]
+        if spec.head_params:
+            overrides += ["reward.head=tie", f"reward.tie_model={name}"]
+    elif spec.record_kind == "ranking":
+        records = tiny_rankings(16, k=3)
+    else:  # ratings: the chosen response scores 1, the rejected -1
+        records = [Rating(prompt=p.prompt, response=r, score=s, attributes={"helpful": s})
+                   for p in pairs for r, s in ((p.chosen, 1.0), (p.rejected, -1.0))]
+        if "multi" in name:
+            overrides += ["reward.head=multi", "reward.attributes=[helpful]"]
+    _train(tmp_path, records, overrides, steps=8)
+    losses = [row["loss"] for row in read_metrics(tmp_path) if "loss" in row]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses), losses
+    assert losses[-1] < losses[0], f"{name}: loss did not go down: {losses}"
