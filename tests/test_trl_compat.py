@@ -3,7 +3,8 @@ as unsupported with the reason; TRL config keys map to prefkit keys with one not
 
 TRL's formulas below are written independently, in float64, from ``trl/trainer/dpo_trainer.py``
 (``DPOTrainer._compute_loss``, the ``for loss_type, loss_weight in zip(...)`` block, lines ~1433-1556 at
-TRL 1.10.0.dev0, commit f2cd5771; the same block as v1.9.0) and ``trl/trainer/dpo_config.py``
+TRL 1.10.0.dev0, commit f2cd5771; the same block as v1.9.0 and as lines 1386-1510 of the TRL 1.16.0
+wheel from PyPI) and ``trl/trainer/dpo_config.py``
 (``loss_type`` help, lines ~234-241). There ``chosen_scores = chosen_logratios`` for the default
 ``f_divergence_type='reverse_kl'`` and ``delta_score = chosen_scores - rejected_scores``.
 """

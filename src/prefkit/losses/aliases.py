@@ -1,6 +1,6 @@
 """TRL's DPO ``loss_type`` names and loss keys, resolved to prefkit registry names and parameters.
 
-TRL (``trl.DPOTrainer`` / ``trl.DPOConfig``, read at TRL 1.9 / 1.10.dev, ``trl/trainer/dpo_trainer.py``
+TRL (``trl.DPOTrainer`` / ``trl.DPOConfig``, read at TRL 1.16.0, ``trl/trainer/dpo_trainer.py``
 ``_compute_loss`` and ``trl/trainer/dpo_config.py``) names its losses differently. Each TRL name either
 resolves to a prefkit loss with the *same* per-example values (``tests/test_trl_compat.py`` checks each
 against TRL's formula), printing one notice line on stderr, or raises a one-line ``ConfigError`` saying why

@@ -35,7 +35,7 @@ from prefkit.data.batch import Batch
 from prefkit.data.encode import Encoder, collate
 from prefkit.data.records import Record
 from prefkit.errors import ConfigError, PrefkitError
-from prefkit.models.load import frozen_copy, is_peft
+from prefkit.models.load import frozen_copy, is_peft, quiet_loading
 from prefkit.models.logprobs import SequenceLogps
 from prefkit.train import checkpoint as ckpt
 from prefkit.train import rundir
@@ -537,7 +537,8 @@ class Trainer:
     def save_model(self, path: str | Path) -> None:
         """``save_pretrained`` (safetensors) of the model (PEFT: the adapter) and the tokenizer."""
         model = self.accelerator.unwrap_model(self.model)
-        model.save_pretrained(str(path), safe_serialization=True)
+        with quiet_loading():  # no "Writing model shards" bar: one progress bar per phase
+            model.save_pretrained(str(path), safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
 
