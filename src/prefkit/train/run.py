@@ -68,6 +68,11 @@ def load_policy(config: RunConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _weights_path(path: str) -> str | Path:
+    """What the reference cache fingerprints: a hub id's snapshot folder (it hashes files on disk)."""
+    return model_load.local_dir(path, "reference.path") if model_load.hub_id(path) is not None else path
+
+
 def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
     """Train a policy per ``config``; returns the final metrics. Writes everything under
     ``config.output.dir``. (``model.path: toy``, the built-in toy world, is routed to ``prefkit.toy`` by
@@ -84,7 +89,7 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
         return model_load.frozen(model_load.load_model(ref_path, dtype=config.model.dtype))
 
     trainer = Trainer(config, model, tokenizer, train, evaluation, reference_model=reference_model,
-                      reference_weights=ref_path)
+                      reference_weights=_weights_path(ref_path))
     return trainer.train(resume=resume)
 
 
