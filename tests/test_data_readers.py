@@ -11,8 +11,13 @@ import pytest
 from prefkit.data import Message, Pair, Ranking, Rating, Unpaired, hh, load
 from prefkit.errors import ConfigError, DataError
 
-U = lambda c: Message("user", c)  # noqa: E731
-A = lambda c: Message("assistant", c)  # noqa: E731
+
+def U(c: str) -> Message:
+    return Message("user", c)
+
+
+def A(c: str) -> Message:
+    return Message("assistant", c)
 ROWS = [
     {"prompt": "What is 2+2?", "chosen": "Four.", "rejected": "Five."},
     {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon.", "tie": False},

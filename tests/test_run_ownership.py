@@ -274,7 +274,8 @@ def test_overwrite_old_run_starts_a_clean_series_and_resumes(tmp_path) -> None:
     full.train()
     for name, p in full.model.named_parameters():
         assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "tokens/s"} for r in rows]  # noqa: E731
+    def drop(rows):
+        return [{k: v for k, v in r.items() if k != "tokens/s"} for r in rows]
     assert drop(read_metrics(run_dir)) == drop(read_metrics(tmp_path / "full"))
 
 

@@ -1,28 +1,9 @@
-"""The online loop's parts (issue 12): generation (``sampler``) and judges (``judges``).
+"""The online loop and its parts (issue 12): generation (``sampler``), judges (``judges``) and the
+loop (``loop``: sample, judge, build records, train with the one ``Trainer``).
 
 Floor between ``train`` and ``eval | toy``: it may import ``train``, ``models``, ``data``, ``losses``,
 ``errors`` and ``kinds``; ``eval``, ``toy`` and ``cli`` may import it.
 """
-
-from prefkit.online.sampler import (
-    Completion,
-    SampleBatch,
-    Sampler,
-    SamplingSettings,
-    TorchSampler,
-    mixture_logps,
-    sampling_logits,
-)
-
-__all__ = [
-    "Sampler",
-    "SamplingSettings",
-    "Completion",
-    "SampleBatch",
-    "TorchSampler",
-    "sampling_logits",
-    "mixture_logps",
-]
 
 from prefkit.online.judges import (
     DEFAULT_TEMPLATE,
@@ -40,20 +21,25 @@ from prefkit.online.judges import (
     preference_probs,
     regex_judge,
 )
+from prefkit.online.loop import OnlineConfig, run_online
+from prefkit.online.sampler import (
+    Completion,
+    SampleBatch,
+    Sampler,
+    SamplingSettings,
+    TorchSampler,
+    mixture_logps,
+    sampling_logits,
+)
 
-__all__ += [
-    "Judge",
-    "Verdicts",
-    "Preferences",
-    "POINTWISE_NOTE",
-    "PAIRWISE_NOTE",
-    "judge_scores",
-    "preference_probs",
-    "preference_matrix",
-    "FunctionJudge",
-    "regex_judge",
-    "exact_match_judge",
-    "RewardModelJudge",
-    "LMJudge",
+__all__ = [
+    # sampler
+    "Sampler", "SamplingSettings", "Completion", "SampleBatch", "TorchSampler", "sampling_logits",
+    "mixture_logps",
+    # judges
+    "Judge", "Verdicts", "Preferences", "POINTWISE_NOTE", "PAIRWISE_NOTE", "judge_scores", "preference_probs",
+    "preference_matrix", "FunctionJudge", "regex_judge", "exact_match_judge", "RewardModelJudge", "LMJudge",
     "DEFAULT_TEMPLATE",
+    # loop
+    "OnlineConfig", "run_online",
 ]
