@@ -96,9 +96,9 @@ def test_all_keys_lists_sections() -> None:
 
 
 def test_docs_config_reference_is_current() -> None:
-    from prefkit.train.config import docs_with_reference
+    from prefkit.train.config_docs import docs_with_reference
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "training.md"
     text = docs.read_text()
     assert docs_with_reference(text) == text, \
-        "regenerate: python -m prefkit.train.config --write-docs docs/training.md"
+        "regenerate: python -m prefkit.train.config_docs --write-docs docs/training.md"
