@@ -17,6 +17,7 @@ log-prob engine, which returns them in row order whatever the layout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -77,3 +78,15 @@ class Batch:
         """Reshape per-sequence values (N, ...) in row order to (B, G, ...)."""
         g, b = self.group_size, self.num_examples
         return values.reshape(g, b, *values.shape[1:]).transpose(0, 1)
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token id lists right-padded with ``pad_id``: (N, T) ids and the (N, T) attention mask (1 on real
+    tokens), T the longest row."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask

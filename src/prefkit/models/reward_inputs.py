@@ -17,7 +17,7 @@ from typing import Any, get_args
 import torch
 from torch import Tensor
 
-from prefkit.data.batch import Batch
+from prefkit.data.batch import Batch, right_pad
 from prefkit.data.encode import EncodeConfig, Encoder, TruncationReport, completions_of, cut
 from prefkit.data.records import Message, Pair, Ranking, Rating, Record, Unpaired, kind_of
 from prefkit.errors import ConfigError, DataError, did_you_mean
@@ -200,14 +200,8 @@ class RewardTokens:
         return self.record_ids(Unpaired(prompt=prompt, response=completion, desirable=True))[0]
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        """Right-pad id lists: (N, T) ids and attention mask."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
-        return ids, mask
+        """Right-pad id lists: (N, T) ids and attention mask (:func:`prefkit.data.batch.right_pad`)."""
+        return right_pad(rows, self.pad_id)
 
 
 def encode_for_reward(records: Sequence[Record], tokens: RewardTokens, *,

@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from prefkit.data.batch import right_pad
 from prefkit.data.records import Completion, Message, Prompt
 from prefkit.errors import ConfigError
 from prefkit.models.decoder import decoder_and_head
@@ -429,12 +430,7 @@ class LMJudge:
     def _last_logits(self, rows: list[list[int]]) -> Tensor:
         """(N, V) next-token logits after each id list (right-padded batch)."""
         device = next(self.model.parameters()).device
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+        ids, mask = right_pad(rows, self.pad_id)
         ids, mask = ids.to(device), mask.to(device)
         last = mask.sum(1) - 1  # (N,)
         at = torch.arange(len(rows), device=device)

@@ -411,7 +411,7 @@ class Trainer:
                     for key, value in out.metrics.items():
                         _add_metric(sums, key, value, len(indices))
                 # null (config) disables clipping; so does 0, which older configs used for that
-                max_norm = tc.max_grad_norm if tc.max_grad_norm is not None and tc.max_grad_norm > 0 else math.inf
+                max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else math.inf  # null: no clipping
                 grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), max_norm)
                 self.optimizer.step()
                 self.scheduler.step()
