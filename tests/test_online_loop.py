@@ -11,7 +11,8 @@ from prefkit.data.encode import Encoder
 from prefkit.data.records import Pair, Ranking
 from prefkit.errors import ConfigError
 from prefkit.online import FunctionJudge, OnlineConfig, SamplingSettings, run_online
-from prefkit.online.loop import _prompt_ids, build_records, round_prompts, same_size_rankings
+from prefkit.online.algorithms import build_records, same_size_rankings
+from prefkit.online.loop import prompt_ids, round_prompts
 from prefkit.testing import tiny_llama, tiny_tokenizer
 from prefkit.train.config import load_config
 
@@ -36,7 +37,7 @@ def _rewarded_prob(model, tok, run_config) -> float:
     probs = []
     with torch.no_grad():
         for p in PROMPTS:
-            logits = model(torch.tensor([_prompt_ids(enc, p)])).logits[0, -1]
+            logits = model(torch.tensor([prompt_ids(enc, p)])).logits[0, -1]
             probs.append(float(logits.softmax(-1)[target[0]]))
     return sum(probs) / len(probs)
 

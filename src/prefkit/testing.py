@@ -8,7 +8,9 @@ Everything here is built in-process in milliseconds, with no network and no file
 - :func:`tiny_llama` builds a randomly initialised ``LlamaForCausalLM`` (fp32, eager attention),
   deterministic for a given seed and leaving the global RNG untouched;
 - :func:`tiny_pairs`, :func:`tiny_chat_pairs`, :func:`tiny_rankings`, :func:`tiny_unpaired` make small
-  deterministic record lists.
+  deterministic record lists;
+- :func:`token_world` builds a one-token world (a tiny LM choosing one of K action tokens with an exactly
+  known reference distribution) for bandits and games with computable answers.
 
 Tokenizers are cached by arguments (``functools.lru_cache``): treat them as read-only.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -201,3 +205,77 @@ def tiny_unpaired(n: int = 8, seed: int = 0) -> list[Unpaired]:
             response=" " + rng.choice(_GOOD if good else _BAD), desirable=good, id=f"unpaired-{i}",
         ))
     return out
+
+
+@dataclass
+class TokenWorld:
+    """A one-token world (bandits and games): see :func:`token_world`."""
+
+    model: LlamaForCausalLM
+    """The tiny Llama; only ``lm_head`` is trainable, so each action's logit moves on its own."""
+    tokenizer: PreTrainedTokenizerFast
+    prompt: str
+    """The one prompt (``"ask"``)."""
+    actions: tuple[str, ...]
+    """The action texts, one token each."""
+    action_ids: tuple[int, ...]
+    reference_probs: tuple[float, ...]
+    """The model's exact first-token probabilities of the actions as built (sum ≈ 1)."""
+
+    def probs(self, model: Any = None) -> Any:
+        """(K,) exact probability of each action as the first completion token after the prompt."""
+        import torch
+
+        model = self.model if model is None else model
+        ids = self.tokenizer(self.prompt)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+        return logits.softmax(-1)[list(self.action_ids)]
+
+
+def token_world(actions: int | Sequence[str] = 100, reference_probs: Sequence[float] | None = None, *,
+                hidden: int = 32, gap: float = 40.0, seed: int = 0) -> TokenWorld:
+    """A tiny causal LM whose response is one token out of K actions, with an exactly known reference.
+
+    The tokenizer is word-level: special tokens, the prompt word ``ask`` and the action words
+    (``a0`` … ``a{K-1}``, or the given texts; one token each), no chat template. The model is a
+    :func:`tiny_llama` whose output layer is set so that, after the prompt, the first-token distribution
+    over the actions is exactly ``reference_probs`` (default uniform) and every other token has a logit
+    ``gap`` below the least likely action (so it is never sampled in practice); every parameter but
+    ``lm_head`` is frozen, so the policy is a softmax over per-action logits (a tabular policy). Train with
+    ``encode.add_eos=false`` and sample with ``max_new_tokens=1``: a completion's log-prob is then the
+    action's log-prob, and KL-regularised optima can be computed exactly.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    names = tuple(f"a{i}" for i in range(actions)) if isinstance(actions, int) else tuple(actions)
+    if len(names) < 2 or len(set(names)) != len(names) or any(not n or " " in n for n in names):
+        raise ValueError("token_world needs at least 2 distinct one-word actions")
+    probs = torch.full((len(names),), 1.0 / len(names), dtype=torch.float64) if reference_probs is None \
+        else torch.tensor(list(reference_probs), dtype=torch.float64)
+    if probs.shape != (len(names),) or bool((probs <= 0).any()) or abs(float(probs.sum()) - 1) > 1e-9:
+        raise ValueError("reference_probs must be K positive numbers summing to 1")
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, "ask", *names])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                                       special_tokens=[(BOS, vocab[BOS])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                        additional_special_tokens=list(ROLE_TOKENS))
+    model = tiny_llama(len(vocab), hidden=hidden, seed=seed)
+    ids = tokenizer("ask")["input_ids"]
+    action_ids = tuple(vocab[n] for n in names)
+    with torch.no_grad():
+        h = model.model(torch.tensor([ids])).last_hidden_state[0, -1].double()  # (H,) the prompt's last state
+        target = torch.full((len(vocab),), float(probs.log().min()) - gap, dtype=torch.float64)
+        target[list(action_ids)] = probs.log()
+        # each row is target_v · h / |h|², so row_v · h = target_v exactly
+        model.lm_head.weight.copy_((target[:, None] * h[None, :] / h.dot(h)).float())
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("lm_head"))
+    world = TokenWorld(model, tokenizer, "ask", names, action_ids, ())
+    world.reference_probs = tuple(float(x) for x in world.probs())
+    return world

@@ -5,6 +5,9 @@ Floor between ``train`` and ``eval | toy``: it may import ``train``, ``models``,
 ``errors`` and ``kinds``; ``eval``, ``toy`` and ``cli`` may import it.
 """
 
+from prefkit.online.algorithms import ALGORITHMS, Algorithm, make_algorithm
+from prefkit.online.config import OnlineConfig
+from prefkit.online.context import RoundContext
 from prefkit.online.judges import (
     DEFAULT_TEMPLATE,
     PAIRWISE_NOTE,
@@ -21,7 +24,7 @@ from prefkit.online.judges import (
     preference_probs,
     regex_judge,
 )
-from prefkit.online.loop import OnlineConfig, run_online
+from prefkit.online.loop import run_online
 from prefkit.online.sampler import (
     Completion,
     SampleBatch,
@@ -41,5 +44,5 @@ __all__ = [
     "preference_matrix", "FunctionJudge", "regex_judge", "exact_match_judge", "RewardModelJudge", "LMJudge",
     "DEFAULT_TEMPLATE",
     # loop
-    "OnlineConfig", "run_online",
+    "OnlineConfig", "run_online", "RoundContext", "Algorithm", "ALGORITHMS", "make_algorithm",
 ]

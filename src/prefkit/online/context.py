@@ -1,0 +1,200 @@
+"""What an algorithm plug-in gets for one round: :class:`RoundContext`.
+
+The loop (``prefkit.online.loop``) builds one context per round; an algorithm
+(``prefkit.online.algorithms``) calls its helpers to sample, judge, write what was judged and train.
+Every helper is deterministic given the run's seed, the round and the call's ``tag``, so a resumed round
+draws the same samples.
+
+- :meth:`RoundContext.sample` samples from the policy, the reference or their geometric mixture
+  (Nash-MD), seeded by ``(seed, round, tag)``; policy samples are kept for the round's metrics.
+- :meth:`RoundContext.judge_groups` ranks each prompt's samples: pointwise scores, or for a pairwise-only
+  judge each sample's mean win rate against the other samples of its prompt.
+- :meth:`RoundContext.log_samples` adds judged samples to ``rounds/NNNN.jsonl``.
+- :meth:`RoundContext.train` trains the policy on records with the one
+  :class:`~prefkit.train.trainer.Trainer`, in ``<out>/round-NNNN[-tag]``, keeping the AdamW state from
+  round to round when ``online.keep_optimizer``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from prefkit.data.records import Message, Prompt, Record
+from prefkit.online.config import OnlineConfig
+from prefkit.online.judges import Judge, judge_scores, preference_matrix, preference_probs
+from prefkit.online.sampler import SampleBatch, SamplingSettings, TorchSampler
+from prefkit.train.config import RunConfig, load_config, to_dict
+from prefkit.train.objectives import Objective
+from prefkit.train.trainer import Trainer
+
+Source = Literal["policy", "reference", "mixture"]
+
+
+def as_completion(prompt: Prompt, text: str) -> Any:
+    """A sample's text as a prefkit completion: the text, or one assistant message for a chat prompt."""
+    return (Message("assistant", text),) if isinstance(prompt, tuple) else text
+
+
+def _tag_seed(seed: int, round_index: int, tag: str) -> int:
+    """A sampler seed from the run seed, the round and a tag (stable across processes and runs)."""
+    h = 0
+    for ch in tag:
+        h = (h * 131 + ord(ch)) % 1_000_003
+    return (seed * 1_000_003 + round_index) * 1_000_003 + h
+
+
+@dataclass
+class RoundContext:
+    """One round's prompts, models and helpers (module docstring)."""
+
+    index: int
+    """The round, from 0."""
+    prompts: list[Prompt]
+    """This round's prompts."""
+    prompt_ids: list[list[int]]
+    """Their token ids, rendered exactly as training renders them."""
+    policy: nn.Module
+    reference: nn.Module | None
+    """The current reference (frozen), or None when the loss needs none."""
+    tokenizer: Any
+    judge: Judge
+    online: OnlineConfig
+    run_config: RunConfig
+    out_dir: Path
+    optimizer_state: dict[str, Any] | None = None
+    """The AdamW state carried between rounds (``online.keep_optimizer``); updated by :meth:`train`."""
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    """What :meth:`log_samples` collected, written to ``rounds/NNNN.jsonl`` by the loop."""
+    policy_batches: list[SampleBatch] = field(default_factory=list)
+    """The policy samples of this round (for metrics)."""
+    numbers: list[Tensor] = field(default_factory=list)
+    """The judge's numbers of the policy samples logged this round (for metrics)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Extra metrics an algorithm adds (merged into the round's metrics)."""
+
+    # -- sampling --
+
+    def settings(self, tag: str = "") -> SamplingSettings:
+        """The round's sampling settings, with the seed for ``tag``."""
+        return dataclasses.replace(self.online.sampling, seed=_tag_seed(self.online.seed, self.index, tag))
+
+    def sample(self, n: int, *, source: Source = "policy", tag: str = "", mixture_beta: float = 0.0,
+               prompt_ids: list[list[int]] | None = None) -> SampleBatch:
+        """``n`` samples of each prompt (of this round, or ``prompt_ids``) from the policy, the reference or
+        the token-level geometric mixture ``π^(1−β)·π_ref^β`` (β = ``mixture_beta``)."""
+        settings = self.settings(tag or source)
+        ids = self.prompt_ids if prompt_ids is None else prompt_ids
+        if source == "reference":
+            if self.reference is None:
+                raise RuntimeError("sampling from the reference needs a loss with a reference")
+            sampler = TorchSampler(self.reference, self.tokenizer, seed=settings.seed or 0)
+        elif source == "mixture":
+            if self.reference is None:
+                raise RuntimeError("sampling from the mixture needs a loss with a reference")
+            sampler = TorchSampler(self.policy, self.tokenizer, mixture=(self.reference, mixture_beta),
+                                   seed=settings.seed or 0)
+        else:
+            sampler = TorchSampler(self.policy, self.tokenizer, seed=settings.seed or 0)
+        batch = sampler.sample(ids, settings, n=n)
+        if source == "policy" and prompt_ids is None:
+            self.policy_batches.append(batch)
+        return batch
+
+    # -- judging --
+
+    def judge_groups(self, batch: SampleBatch) -> tuple[list[Tensor], str]:
+        """Per prompt, a (G,) tensor to rank its samples by (higher is better), and its name: ``scores``
+        (pointwise judge) or ``win_rates`` (pairwise-only judge: the mean of ``P(y_i ≻ y_j)`` over the
+        other G − 1 samples)."""
+        g = batch.n
+        if getattr(self.judge, "pointwise", False):
+            flat_prompts = [p for p in self.prompts for _ in range(g)]
+            flat = [as_completion(p, c.text) for p, c in zip(flat_prompts, batch.completions)]
+            scores = judge_scores(self.judge, flat_prompts, flat).float()
+            return [scores[i * g:(i + 1) * g] for i in range(len(self.prompts))], "scores"
+        return [self.win_rates(i, [c.text for c in batch.group(i)]) for i in range(len(self.prompts))], "win_rates"
+
+    def preference_matrix(self, i: int, texts: Sequence[str]) -> Tensor:
+        """(K, K) ``P(y_a ≻ y_b)`` among texts of prompt ``i`` (a pointwise judge gives σ(r_a − r_b))."""
+        p = self.prompts[i]
+        m, _ = preference_matrix(self.judge, p, [as_completion(p, t) for t in texts])
+        return m
+
+    def win_rates(self, i: int, texts: Sequence[str]) -> Tensor:
+        """(K,) each text's mean ``P(y ≻ y')`` against the other K − 1 texts of prompt ``i``."""
+        m = self.preference_matrix(i, texts)
+        return (m.sum(1) - 0.5) / (len(texts) - 1)
+
+    def prefer(self, i: int, a: Sequence[str], b: Sequence[str]) -> Tensor:
+        """(N,) ``P(a_j ≻ b_j)`` for texts of prompt ``i``."""
+        p = self.prompts[i]
+        return preference_probs(self.judge, [p] * len(a), [as_completion(p, t) for t in a],
+                                [as_completion(p, t) for t in b]).probs.float()
+
+    # -- writing --
+
+    def log_samples(self, i: int, batch: SampleBatch, numbers: Tensor | None, what: str = "scores", *,
+                    source: Source = "policy", tag: str = "", **extra: Any) -> None:
+        """Record prompt ``i``'s samples of ``batch`` with the judge's ``numbers`` (named ``what``) for
+        ``rounds/NNNN.jsonl``; policy samples' numbers also feed the round's ``objective/scores``."""
+        group = batch.group(i)
+        self.lines.append({"round": self.index, "prompt_index": i, "source": source, "tag": tag,
+                           "texts": [c.text for c in group],
+                           "numbers": None if numbers is None else [float(x) for x in numbers], "what": what,
+                           "num_tokens": [len(c) for c in group],
+                           "stop_reasons": [c.stop_reason for c in group],
+                           "settings": batch.settings, **extra})
+        if numbers is not None and source == "policy":
+            self.numbers.append(numbers.float())
+
+    # -- training --
+
+    def round_config(self, num_records: int, tag: str = "") -> RunConfig:
+        """The trainer's config for this round's training (module docstring of ``prefkit.online.loop``)."""
+        base = to_dict(self.run_config)
+        tc = base["train"]
+        tc.update(seed=self.online.seed + self.index, progress=False, max_steps=self.online.steps_per_round,
+                  epochs=self.online.epochs_per_round, batch_size=min(int(tc["batch_size"]), num_records))
+        name = f"round-{self.index:04d}" + (f"-{tag}" if tag else "")
+        base["output"].update(dir=str(self.out_dir / name), save_model=False, plots=False, tensorboard=False,
+                              overwrite=True)
+        base["reference"]["mode"] = "frozen"
+        return load_config(base=base, check_files=False)
+
+    def train(self, records: Sequence[Record], *, objective: Objective | None = None, tag: str = "",
+              reference: nn.Module | None = None) -> dict[str, float]:
+        """Train the policy on ``records`` (with ``objective``, default: the run config's loss) against
+        ``reference`` (default: the round's); returns the trainer's last logged metrics. Nothing happens
+        for no records."""
+        if not records:
+            return {}
+        ref = reference if reference is not None else self.reference
+        trainer = Trainer(self.round_config(len(records), tag), self.policy, self.tokenizer, list(records),
+                          objective=objective, reference_model=(lambda: ref) if ref is not None else None)
+        if self.online.keep_optimizer and self.optimizer_state is not None:
+            trainer.optimizer.load_state_dict(self.optimizer_state)
+        summary = trainer.train()
+        if self.online.keep_optimizer:
+            self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+        return summary
+
+
+def prompt_sample_texts(batch: SampleBatch, i: int) -> list[str]:
+    """The texts of prompt ``i``'s samples."""
+    return [c.text for c in batch.group(i)]
+
+
+def stack_numbers(numbers: list[Tensor]) -> Tensor:
+    """All numbers as one flat tensor (empty when none)."""
+    return torch.cat(numbers) if numbers else torch.zeros(0)
+
+
+__all__ = ["RoundContext", "Source", "as_completion", "prompt_sample_texts", "stack_numbers"]
