@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 
+from prefkit.data import load
 from prefkit.data.encode import Encoder
-from prefkit.data.records import Pair, Ranking
+from prefkit.data.records import Pair, Ranking, Rating
 from prefkit.errors import ConfigError
 from prefkit.online import FunctionJudge, OnlineConfig, SamplingSettings, run_online
 from prefkit.online.algorithms import build_records, same_size_rankings
 from prefkit.online.loop import prompt_ids, round_prompts
-from prefkit.testing import tiny_llama, tiny_tokenizer
+from prefkit.testing import tiny_llama, tiny_tokenizer, token_world
 from prefkit.train.config import load_config
 
 PROMPTS = ["Question one:", "Tell me a word:", "Say something:"]
@@ -68,15 +69,18 @@ def test_online_dpo_raises_the_rewarded_token(tmp_path):
     scores = [h["objective/scores"] for h in history]  # seed 0: 0.167, 0.542, 0.958
     assert scores[0] < scores[1] < scores[2], scores
     assert all(h["completions/clipped_ratio"] <= 1.0 and h["completions/mean_length"] <= 1.0 for h in history)
-    # every judged sample is on disk, one valid JSON line per prompt with G completions
-    lines = (tmp_path / "run" / "rounds" / "0000.jsonl").read_text().splitlines()
-    assert len(lines) == 3
-    for line in lines:
-        row = json.loads(line)
-        assert row["round"] == 0 and row["prompt"] in PROMPTS
-        assert len(row["completions"]) == 8 and len(row["scores"]) == 8
-        assert row["sampling"]["max_new_tokens"] == 1
-        assert [float(c == REWARDED) for c in row["completions"]] == row["scores"]
+    assert history[2]["objective/kl"] == 0.0  # the reference was refreshed to the policy after round 1
+    # every judged sample is on disk as a prefkit rating record: 3 prompts x 8 samples; those whose text is
+    # empty (EOS or a special token first) are no valid record and are skipped as "empty"
+    records = load(tmp_path / "run" / "rounds" / "0000.jsonl", on_error="skip")
+    assert len(records) + records.skipped.get("empty", 0) == 24 and len(records) >= 12
+    assert all(isinstance(r, Rating) for r in records)
+    for r in records:
+        assert r.prompt in PROMPTS and r.score == float(r.response == REWARDED)
+        assert r.metadata["round"] == 0 and r.metadata["source"] == "policy" and r.metadata["group_size"] == 8
+        assert r.metadata["sampling"]["max_new_tokens"] == 1 and r.metadata["score_kind"] == "scores"
+        assert PROMPTS[r.metadata["prompt_index"]] == r.prompt and r.metadata["num_tokens"] == 1
+    assert not records.warnings
     assert (tmp_path / "run" / "round-0002").is_dir()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
@@ -90,7 +94,8 @@ def test_ranked_list_runs_one_round_of_a_list_loss(tmp_path):
     history = run_online(policy, tok, PROMPTS, judge, _config(tmp_path, "pl_dpo"), online, tmp_path / "run")
     assert history[0]["records"] > 0 and "train/loss" in history[0]
     rows = [json.loads(x) for x in (tmp_path / "run" / "rounds" / "0000.jsonl").read_text().splitlines()]
-    assert all(len(r["completions"]) == 6 for r in rows)
+    assert len(rows) == 18 and all(r["metadata"]["group_size"] == 6 for r in rows)
+    assert all(r["score"] == len(r["response"]) for r in rows)
 
 
 def test_pairwise_judge_ranks_by_win_rate(tmp_path):
@@ -99,9 +104,15 @@ def test_pairwise_judge_ranks_by_win_rate(tmp_path):
     online = OnlineConfig(rounds=1, prompts_per_round=2, samples_per_prompt=4,
                           sampling=SamplingSettings(max_new_tokens=1), steps_per_round=1)
     history = run_online(_policy(tok), tok, PROMPTS, judge, _config(tmp_path), online, tmp_path / "run")
-    row = json.loads((tmp_path / "run" / "rounds" / "0000.jsonl").read_text().splitlines()[0])
-    assert len(row["win_rates"]) == 4 and all(0.0 <= w <= 1.0 for w in row["win_rates"])
+    records = load(tmp_path / "run" / "rounds" / "0000.jsonl", on_error="skip")
+    assert len(records) + records.skipped.get("empty", 0) == 8
+    for r in records:
+        prefs = r.metadata["preferences"]  # P(this ≻ each sample of its group), itself ½
+        assert r.metadata["score_kind"] == "win_rates" and len(prefs) == 4
+        assert prefs[r.metadata["sample_index"]] == 0.5
+        assert r.score == pytest.approx((sum(prefs) - 0.5) / 3)
     assert 0.0 <= history[0]["objective/scores"] <= 1.0
+    assert 0.0 <= history[0]["objective/win_rate_vs_reference"] <= 1.0
 
 
 def test_record_building_skips_ties_and_orders_best_first():
@@ -146,3 +157,54 @@ def test_wrong_loss_kind_and_used_folder_are_refused(tmp_path):
     (tmp_path / "b" / "x").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         run_online(_policy(tok), tok, PROMPTS, _judge(), _config(tmp_path), OnlineConfig(), tmp_path / "b")
+
+
+def test_round_metrics_match_the_exact_kl_entropy_and_win_rate_on_the_token_world(tmp_path):
+    """Round 0 samples the reference itself (KL 0, entropy H(p0), win rate ½); round 1 samples the policy p1
+    that round 0 trained, and its estimates lie within 4 standard errors of the exact values."""
+    ref_probs = [0.4, 0.2, 0.15, 0.1, 0.1, 0.05]
+    runs = {}
+    for rounds in (1, 2):
+        world = token_world(6, ref_probs)
+        judge = FunctionJudge(lambda p, c, w=world: float(w.actions.index(c)), name="index")
+        cfg = load_config(overrides=["loss.name=dpo", "loss.beta=0.1", "train.lr=0.3", "train.batch_size=16",
+                                     "train.scheduler=constant", "encode.add_eos=false", "train.progress=false",
+                                     f"output.dir={tmp_path / 'unused'}"], check_files=False)
+        online = OnlineConfig(rounds=rounds, prompts_per_round=64, samples_per_prompt=8, steps_per_round=3,
+                              sampling=SamplingSettings(max_new_tokens=1), seed=3)
+        history = run_online(world.model, world.tokenizer, [world.prompt], judge, cfg, online,
+                             tmp_path / f"run{rounds}")
+        runs[rounds] = (history, world.probs().double())
+    p0 = torch.tensor(ref_probs, dtype=torch.float64)
+    p1 = runs[1][1]
+    m0, m1 = runs[2][0]
+    assert abs(m0["objective/kl"]) < 1e-5
+    n = 64 * 8
+    for m, p in ((m0, p0), (m1, p1)):
+        logp = p.log()
+        entropy, se = float(-(p * logp).sum()), float((p * logp**2).sum() - (p * logp).sum() ** 2) ** 0.5 / n**0.5
+        assert abs(m["objective/entropy"] - entropy) < 4 * se + 1e-4, (m["objective/entropy"], entropy, se)
+        assert m["completions/clipped_ratio"] == 1.0 and m["val/contain_eos_token"] == 0.0
+        assert m["completions/mean_length"] == 1.0 and m["beta"] == 0.1
+        assert m["objective/non_score_reward"] == pytest.approx(-0.1 * m["objective/kl"])
+        assert m["objective/rlhf_reward"] == pytest.approx(m["objective/scores"] - 0.1 * m["objective/kl"])
+    ratio = (p1 / p0).log()
+    kl, kl_se = float((p1 * ratio).sum()), float((p1 * ratio**2).sum() - (p1 * ratio).sum() ** 2) ** 0.5 / n**0.5
+    assert kl > 0.05 and abs(m1["objective/kl"] - kl) < 4 * kl_se, (m1["objective/kl"], kl, kl_se)
+    idx = torch.arange(6)
+    beats = (idx[:, None] > idx[None, :]).double() + 0.5 * (idx[:, None] == idx[None, :]).double()
+    for m, p in ((m0, p0), (m1, p1)):
+        exact = float(p @ beats @ p0)
+        # 64 reference samples, each compared with 8 policy samples: the SE is at most ½/√64
+        assert abs(m["objective/win_rate_vs_reference"] - exact) < 4 * 0.5 / 8, (m, exact)
+    assert m1["objective/win_rate_vs_reference"] > 0.6
+
+
+def test_trainer_notices_go_to_the_log_not_stderr(tmp_path, capfd):
+    tok = tiny_tokenizer()
+    online = OnlineConfig(rounds=2, prompts_per_round=2, samples_per_prompt=4,
+                          sampling=SamplingSettings(max_new_tokens=1), steps_per_round=1)
+    run_online(_policy(tok), tok, PROMPTS, _judge(), _config(tmp_path), online, tmp_path / "run")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("online round" in line for line in err), err
+    assert "encoded" in (tmp_path / "run" / "log.txt").read_text()

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "rm": "prefkit.cli.rm",
     "bon": "prefkit.cli.rm",
     "testing": "prefkit.cli.testing",
+    "online": "prefkit.cli.online",
 }
 
 

@@ -46,7 +46,12 @@ class OnlineConfig:
     """Keep the AdamW state (moments) from round to round, as one optimizer over the whole run; False
     starts a fresh optimizer every round."""
     seed: int = 0
-    """Seeds the prompt order, the sampler (per round), ``random_pair`` and the trainer (``seed + round``)."""
+    """Seeds the prompt order, the sampler (per round), ``random_pair``, the trainer (``seed + round``) and
+    the torch global RNG during each round (dropout), so that a round re-run after a resume is identical."""
+    win_rate_vs_reference: bool = True
+    """Per round, sample one completion per prompt from the reference and report
+    ``objective/win_rate_vs_reference`` (costs those samples and their judge calls; only with a loss that
+    has a reference)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sampling, Mapping):
@@ -58,8 +63,9 @@ class OnlineConfig:
                 raise ConfigError(f"online {name} must be an int >= {low}, got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"online seed must be an int, got {self.seed!r}")
-        if not isinstance(self.keep_optimizer, bool):
-            raise ConfigError(f"online keep_optimizer must be true or false, got {self.keep_optimizer!r}")
+        for name in ("keep_optimizer", "win_rate_vs_reference"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"online {name} must be true or false, got {getattr(self, name)!r}")
         e = self.epochs_per_round
         if isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e) or e <= 0:
             raise ConfigError(f"online epochs_per_round must be a finite number > 0, got {e!r}")

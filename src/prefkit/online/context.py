@@ -9,10 +9,14 @@ draws the same samples.
   (Nash-MD), seeded by ``(seed, round, tag)``; policy samples are kept for the round's metrics.
 - :meth:`RoundContext.judge_groups` ranks each prompt's samples: pointwise scores, or for a pairwise-only
   judge each sample's mean win rate against the other samples of its prompt.
-- :meth:`RoundContext.log_samples` adds judged samples to ``rounds/NNNN.jsonl``.
+- :meth:`RoundContext.log_samples` adds judged samples to ``rounds/NNNN.jsonl`` (one prefkit rating
+  record per sample; a pairwise judge's verdicts among a prompt's samples go with them).
 - :meth:`RoundContext.train` trains the policy on records with the one
   :class:`~prefkit.train.trainer.Trainer`, in ``<out>/round-NNNN[-tag]``, keeping the AdamW state from
-  round to round when ``online.keep_optimizer``.
+  round to round when ``online.keep_optimizer``; the trainer's notices are collected in ``messages``
+  (the loop writes them to ``<out>/log.txt``), so a round prints nothing itself.
+- :meth:`RoundContext.reference_logps` scores samples under the reference, teacher-forced (the round's
+  KL estimate).
 """
 
 from __future__ import annotations
@@ -43,12 +47,15 @@ def as_completion(prompt: Prompt, text: str) -> Any:
     return (Message("assistant", text),) if isinstance(prompt, tuple) else text
 
 
-def _tag_seed(seed: int, round_index: int, tag: str) -> int:
-    """A sampler seed from the run seed, the round and a tag (stable across processes and runs)."""
+def tag_seed(seed: int, round_index: int, tag: str) -> int:
+    """A seed from the run seed, the round and a tag (stable across processes and runs)."""
     h = 0
     for ch in tag:
         h = (h * 131 + ord(ch)) % 1_000_003
     return (seed * 1_000_003 + round_index) * 1_000_003 + h
+
+
+_tag_seed = tag_seed  # the name plug-ins used first
 
 
 @dataclass
@@ -79,6 +86,11 @@ class RoundContext:
     """The judge's numbers of the policy samples logged this round (for metrics)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Extra metrics an algorithm adds (merged into the round's metrics)."""
+    messages: list[str] = field(default_factory=list)
+    """The trainer's one-line notices of this round (encoding reports ...)."""
+    verdicts: list[tuple[SampleBatch, int, Tensor]] = field(default_factory=list)
+    """``(batch, prompt, (G, G) P(y_a ≻ y_b))`` that :meth:`judge_groups` got from a pairwise-only judge;
+    :meth:`log_samples` writes each sample's row with it."""
 
     # -- sampling --
 
@@ -120,7 +132,12 @@ class RoundContext:
             flat = [as_completion(p, c.text) for p, c in zip(flat_prompts, batch.completions)]
             scores = judge_scores(self.judge, flat_prompts, flat).float()
             return [scores[i * g:(i + 1) * g] for i in range(len(self.prompts))], "scores"
-        return [self.win_rates(i, [c.text for c in batch.group(i)]) for i in range(len(self.prompts))], "win_rates"
+        out = []
+        for i in range(len(self.prompts)):
+            m = self.preference_matrix(i, [c.text for c in batch.group(i)])
+            self.verdicts.append((batch, i, m))
+            out.append((m.sum(1) - 0.5) / (g - 1))
+        return out, "win_rates"
 
     def preference_matrix(self, i: int, texts: Sequence[str]) -> Tensor:
         """(K, K) ``P(y_a ≻ y_b)`` among texts of prompt ``i`` (a pointwise judge gives σ(r_a − r_b))."""
@@ -144,8 +161,13 @@ class RoundContext:
     def log_samples(self, i: int, batch: SampleBatch, numbers: Tensor | None, what: str = "scores", *,
                     source: Source = "policy", tag: str = "", **extra: Any) -> None:
         """Record prompt ``i``'s samples of ``batch`` with the judge's ``numbers`` (named ``what``) for
-        ``rounds/NNNN.jsonl``; policy samples' numbers also feed the round's ``objective/scores``."""
+        ``rounds/NNNN.jsonl``; policy samples' numbers also feed the round's ``objective/scores``. ``extra``
+        goes to each sample's metadata: a list of one value per sample is split among them, any other
+        value is given to every sample. Samples logged with no numbers are not written (not judged)."""
         group = batch.group(i)
+        matrix = next((m for b, j, m in self.verdicts if b is batch and j == i), None)
+        if matrix is not None and "preferences" not in extra:
+            extra["preferences"] = [[float(x) for x in row] for row in matrix]
         self.lines.append({"round": self.index, "prompt_index": i, "source": source, "tag": tag,
                            "texts": [c.text for c in group],
                            "numbers": None if numbers is None else [float(x) for x in numbers], "what": what,
@@ -178,13 +200,54 @@ class RoundContext:
             return {}
         ref = reference if reference is not None else self.reference
         trainer = Trainer(self.round_config(len(records), tag), self.policy, self.tokenizer, list(records),
-                          objective=objective, reference_model=(lambda: ref) if ref is not None else None)
+                          objective=objective, reference_model=(lambda: ref) if ref is not None else None,
+                          say=self.messages.append)
         if self.online.keep_optimizer and self.optimizer_state is not None:
             trainer.optimizer.load_state_dict(self.optimizer_state)
         summary = trainer.train()
         if self.online.keep_optimizer:
             self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
         return summary
+
+
+    # -- scoring under the reference --
+
+    def reference_logps(self, batch: SampleBatch, prompt_ids: list[list[int]] | None = None,
+                        batch_size: int = 64) -> Tensor:
+        """(N,) summed log-prob of every completion of ``batch`` under the reference at temperature 1,
+        teacher-forced on prompt + completion tokens (prompts of this round, or ``prompt_ids``)."""
+        if self.reference is None:
+            raise RuntimeError("reference log-probs need a loss with a reference")
+        ids = self.prompt_ids if prompt_ids is None else prompt_ids
+        rows = [(ids[c.prompt_index], list(c.token_ids)) for c in batch.completions]
+        return sequence_logprobs(self.reference, rows, batch_size)
+
+
+def sequence_logprobs(model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 64) -> Tensor:
+    """(N,) summed ``log p(completion | prompt)`` under ``model`` (teacher-forced, right-padded batches, in
+    float32); an empty completion gets 0."""
+    device = next(model.parameters()).device
+    out = torch.zeros(len(rows), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                width = max(len(p) + len(c) for p, c in chunk)
+                ids = torch.zeros(len(chunk), width, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.long)
+                for k, (p, c) in enumerate(chunk):
+                    ids[k, :len(p) + len(c)] = torch.tensor(p + c)
+                    mask[k, :len(p) + len(c)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+                for k, (p, c) in enumerate(chunk):
+                    if c:
+                        out[start + k] = logps[k, len(p) - 1:len(p) + len(c) - 1].sum()
+    finally:
+        model.train(was_training)
+    return out
 
 
 def prompt_sample_texts(batch: SampleBatch, i: int) -> list[str]:
@@ -197,4 +260,4 @@ def stack_numbers(numbers: list[Tensor]) -> Tensor:
     return torch.cat(numbers) if numbers else torch.zeros(0)
 
 
-__all__ = ["RoundContext", "Source", "as_completion", "prompt_sample_texts", "stack_numbers"]
+__all__ = ["RoundContext", "Source", "as_completion", "prompt_sample_texts", "stack_numbers", "sequence_logprobs", "tag_seed"]

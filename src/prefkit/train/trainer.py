@@ -175,7 +175,8 @@ class Trainer:
                  train_data: Sequence[Record], eval_data: Sequence[Record] | None = None, *,
                  objective: Objective | None = None, reference: ReferenceSource | None = None,
                  reference_model: Callable[[], nn.Module] | None = None,
-                 reference_weights: str | Path | None = None, accelerator: Any = None):
+                 reference_weights: str | Path | None = None, accelerator: Any = None,
+                 say: Callable[[str], None] | None = None):
         """
         Args:
             config: the run config (``load_config``); ``loss`` picks the objective when none is given.
@@ -189,9 +190,12 @@ class Trainer:
             reference_weights: path of the reference weights for the cache fingerprint (default: hash
                 the in-memory reference weights).
             accelerator: an ``accelerate.Accelerator`` (default: one built from ``config.train``).
+            say: where the trainer's one-line notices go (encoding report, reference cache, resume); default:
+                stderr. The online loop collects them, so that a round prints nothing of its own.
         """
 
         self.config, self.tokenizer = config, tokenizer
+        self._say_to = say
         # Several processes and no GPU (``accelerate launch --multi_gpu --num_processes 2`` on a CPU
         # machine): accelerate needs cpu=True to pick gloo.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -316,7 +320,11 @@ class Trainer:
         return cache.load(parts)
 
     def _say(self, message: str) -> None:
-        if self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process:
+            return
+        if self._say_to is not None:
+            self._say_to(message)
+        else:
             from rich.console import Console
 
             Console(stderr=True, soft_wrap=True).print(f"[dim]prefkit:[/dim] {message}", highlight=False)
