@@ -23,7 +23,7 @@ from prefkit.losses.types import (
     UnpairedLogps,
 )
 
-from . import listwise, reward, unpaired
+from . import listwise, online, reward, unpaired
 from .registry import get_loss, names_of, reference_free_pair_losses, reward_losses, validate_loss_params
 from .reward import ListScores, PairScores, RatingScores
 
@@ -190,6 +190,15 @@ LOSSES: dict[str, LossSpec] = {
                 "lam": Param(low=0, doc="weight λ of the per-token NLL regulariser on the chosen")},
         summary="SLiC-HF: hinge max(0, δ − log π(y_w) + log π(y_l)) + λ·NLL; reference-free"),
     # --- end pairwise ---
+    # --- online (prefkit.losses.online) ---
+    "ipo_soft": LossSpec(
+        fn=online.ipo_soft, kind="pair", needs_reference=True,
+        paper=Paper("Human Alignment of Large Language Models through Online Preference Optimisation",
+                    "2403.08635", "online IPO; IPO (2310.12036) Eq. 17 with p in place of 1"),
+        params={"beta": Param(low=0, low_open=True, doc="regularisation τ; target margin is (p − ½)/τ")},
+        needs=frozenset({"strength"}),
+        summary="soft-label IPO: (h − (p − ½)/τ)², p = strength = P(y₁ ≻ y₂); EGPO's online IPO loss"),
+    # --- end online ---
     # --- listwise (prefkit.losses.listwise) ---
     "pl_dpo": LossSpec(
         fn=listwise.pl_dpo, kind="list", needs_reference=True,

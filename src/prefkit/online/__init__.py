@@ -5,7 +5,16 @@ Floor between ``train`` and ``eval | toy``: it may import ``train``, ``models``,
 ``errors`` and ``kinds``; ``eval``, ``toy`` and ``cli`` may import it.
 """
 
-from prefkit.online.algorithms import ALGORITHMS, Algorithm, make_algorithm
+from prefkit.online.algorithms import (
+    ALGORITHMS,
+    EGPO,
+    SPPO,
+    XPO,
+    Algorithm,
+    NashMD,
+    OnlineDPO,
+    make_algorithm,
+)
 from prefkit.online.config import OnlineConfig
 from prefkit.online.context import RoundContext
 from prefkit.online.judges import (
@@ -44,5 +53,6 @@ __all__ = [
     "preference_matrix", "FunctionJudge", "regex_judge", "exact_match_judge", "RewardModelJudge", "LMJudge",
     "DEFAULT_TEMPLATE",
     # loop
-    "OnlineConfig", "run_online", "RoundContext", "Algorithm", "ALGORITHMS", "make_algorithm",
+    "OnlineConfig", "run_online", "RoundContext", "Algorithm", "ALGORITHMS", "make_algorithm", "OnlineDPO", "XPO",
+    "SPPO", "NashMD", "EGPO",
 ]
