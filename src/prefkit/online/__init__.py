@@ -34,6 +34,7 @@ from prefkit.online.judges import (
     regex_judge,
 )
 from prefkit.online.loop import run_online
+from prefkit.online.rewards import RewardComponent, RewardMix, RoundHooks, kl_penalized_rewards
 from prefkit.online.sampler import (
     Completion,
     SampleBatch,
@@ -55,4 +56,6 @@ __all__ = [
     # loop
     "OnlineConfig", "run_online", "RoundContext", "Algorithm", "ALGORITHMS", "make_algorithm", "OnlineDPO", "XPO",
     "SPPO", "NashMD", "EGPO",
+    # rewards
+    "RewardMix", "RewardComponent", "RoundHooks", "kl_penalized_rewards",
 ]

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -44,6 +44,7 @@ from prefkit.online.judges import (
     regex_judge,
 )
 from prefkit.online.loop import run_online
+from prefkit.online.rewards import RewardComponent, RewardMix, check_component, check_names
 from prefkit.train.config import TOY, RunConfig, from_dict, load_config, merge, parse_overrides, read_yaml
 from prefkit.train.run import load_policy
 from prefkit.train.trl import apply_trl_keys
@@ -83,7 +84,7 @@ class PromptsConfig:
 @dataclass(frozen=True)
 class JudgeConfig:
     """Who labels the samples (the ``judge:`` section): set exactly one of ``function`` / ``prefer`` (both
-    may be set together), ``regex``, ``exact_match``, ``reward_model``, ``lm``."""
+    may be set together), ``regex``, ``exact_match``, ``reward_model``, ``lm``, ``components``."""
 
     function: str | None = None
     """``module.path:callable``, a score function ``(prompt, completion) -> float`` (pointwise), imported
@@ -108,14 +109,37 @@ class JudgeConfig:
     ``{label_a}``, ``{label_b}``); unset: ``prefkit.online.judges.DEFAULT_TEMPLATE``."""
     batch_size: int = 8
     """With ``reward_model`` or ``lm``: judged sequences per forward pass."""
+    components: list[dict[str, Any]] | None = None
+    """Several pointwise rewards as one judge (``prefkit.online.rewards.RewardMix``): a list of mappings,
+    each ``name`` plus one judge's keys (``function``, ``regex``, ``exact_match``, ``reward_model``, with
+    their options) and either ``weight`` (a fixed weight, default 1) or ``target`` with ``sense`` (``ge`` or
+    ``le``, or ``eq``; the component's per-round mean kept there by a Lagrange multiplier, initial value
+    ``multiplier``, default 0)."""
+    lagrange_lr: float = 0.05
+    """With ``components``: the multipliers' step size η per round."""
+    max_multiplier: float | None = None
+    """With ``components``: a cap on every multiplier."""
+    whiten: bool = False
+    """With ``components``: whiten the mixed rewards of each judged batch (zero mean, unit variance)."""
+    clip: tuple[float | None, float | None] | None = None
+    """With ``components``: ``[low, high]`` bounds on the mixed rewards (``null``: no bound on that side)."""
+    par_references: dict[str, Any] | str | None = None
+    """With ``components``: PAR shaping ``σ(r − r_ref)`` against a reference response per prompt: a mapping
+    ``prompt -> reference response``, or a ``.json``/``.yaml`` file holding one."""
 
     def __post_init__(self) -> None:
-        kinds = [k for k in ("function", "regex", "exact_match", "reward_model", "lm")
+        kinds = [k for k in ("function", "regex", "exact_match", "reward_model", "lm", "components")
                  if getattr(self, k) is not None or (k == "function" and self.prefer is not None)]
         if len(kinds) != 1:
             what = "none" if not kinds else " and ".join(kinds)
             raise ConfigError(f"judge: set exactly one of function (and/or prefer), regex, exact_match, "
-                              f"reward_model, lm; got {what}")
+                              f"reward_model, lm, components; got {what}")
+        if self.components is not None:
+            component_configs(self)  # every component's keys and values, before any model loads
+        else:
+            for key in MIX_OPTIONS:
+                if getattr(self, key) != getattr(JudgeConfig, key):
+                    raise ConfigError(f"judge.{key} applies to judge.components only")
         extras = {"fullmatch": ("regex", self.fullmatch), "tokenizer": ("lm", self.tokenizer),
                   "template": ("lm", self.template)}
         for key, (needs, value) in extras.items():
@@ -123,6 +147,57 @@ class JudgeConfig:
                 raise ConfigError(f"judge.{key} applies to judge.{needs} only")
         if self.batch_size < 1:
             raise ConfigError(f"judge.batch_size must be >= 1; got {self.batch_size}")
+
+
+MIX_OPTIONS = ("lagrange_lr", "max_multiplier", "whiten", "clip", "par_references")
+"""``judge:`` keys of a reward mix as a whole (``components``)."""
+COMPONENT_KEYS = ("name", "weight", "target", "sense", "multiplier")
+"""A component's own keys; its other keys are one judge's (:class:`JudgeConfig` but ``components``)."""
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """One checked entry of ``judge.components`` (:class:`~prefkit.online.rewards.RewardComponent`)."""
+
+    name: str
+    """Its name in metrics (``rewards/<name>/mean``)."""
+    weight: float | None = None
+    """A fixed weight (unset: 1); not with ``target``."""
+    target: float | None = None
+    """A constraint: the component's per-round mean is kept at ``target`` (``sense``)."""
+    sense: Literal["ge", "le", "eq"] = "ge"
+    """With ``target``: ``ge`` (mean ≥ target), ``le`` (mean ≤ target) or ``eq``."""
+    multiplier: float = 0.0
+    """With ``target``: the initial Lagrange multiplier."""
+    judge: JudgeConfig | None = None
+    """The component's judge (its other keys); set by :func:`component_configs`."""
+
+
+def component_configs(config: JudgeConfig) -> list[ComponentConfig]:
+    """The checked ``judge.components`` of ``config``: unknown keys name the nearest one, each component's
+    judge keys are checked as a ``judge:`` section of their own."""
+    judge_keys = [f.name for f in dataclasses.fields(JudgeConfig) if f.name not in ("components", *MIX_OPTIONS)]
+    out: list[ComponentConfig] = []
+    for i, entry in enumerate(config.components or []):
+        key = f"judge.components[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{key}: expected a mapping (name, a judge, weight or target), got {entry!r}")
+        check_known_keys(entry, [*COMPONENT_KEYS, *judge_keys], f"{key} option")
+        if "name" not in entry:
+            raise ConfigError(f"{key}: no name; give each component a name (its metrics are rewards/<name>/...)")
+        own = from_dict(ComponentConfig, {k: v for k, v in entry.items() if k in COMPONENT_KEYS}, f"{key}.")
+        judge = from_dict(JudgeConfig, {k: v for k, v in entry.items() if k not in COMPONENT_KEYS}, f"{key}.")
+        try:
+            check_component(own.name, weight=own.weight, target=own.target, sense=own.sense,
+                            multiplier=own.multiplier)
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        out.append(dataclasses.replace(own, judge=judge))
+    try:
+        check_names([c.name for c in out])
+    except ConfigError as err:
+        raise ConfigError(f"judge.components: {err}") from None
+    return out
 
 
 @dataclass
@@ -276,38 +351,48 @@ def import_callable(spec: str, key: str, folder: Path) -> Callable[..., Any]:
     return fn
 
 
-def _answers(value: dict[str, Any] | str, folder: Path) -> dict[str, Any]:
+def _answers(value: dict[str, Any] | str, folder: Path, key: str = "judge.exact_match",
+             what: str = "answer") -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ConfigError(f"judge.exact_match {value!r}: not a mapping of answers or a .json/.yaml file")
+        raise ConfigError(f"{key} {value!r}: not a mapping of {what}s or a .json/.yaml file")
     try:
         answers = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"judge.exact_match {value!r}: unreadable ({' '.join(str(err).split())})") from None
+        raise ConfigError(f"{key} {value!r}: unreadable ({' '.join(str(err).split())})") from None
     if not isinstance(answers, Mapping):
-        raise ConfigError(f"judge.exact_match {value!r}: expected a mapping prompt -> answer")
+        raise ConfigError(f"{key} {value!r}: expected a mapping prompt -> {what}")
     return dict(answers)
 
 
-def build_judge(config: JudgeConfig, folder: Path) -> Judge:
-    """The judge ``config`` describes (models load here); ``folder``: where judge modules are looked for."""
+def build_judge(config: JudgeConfig, folder: Path, key: str = "judge") -> Judge:
+    """The judge ``config`` describes (models load here); ``folder``: where judge modules are looked for;
+    ``key``: the section's name in messages (a component's is ``judge.components[i]``)."""
+    if config.components is not None:
+        parts = [RewardComponent(c.name, build_judge(c.judge, folder, f"{key}.components[{i}]"), weight=c.weight,
+                                 target=c.target, sense=c.sense, multiplier=c.multiplier)
+                 for i, c in enumerate(component_configs(config)) if c.judge is not None]
+        refs = _answers(config.par_references, folder, f"{key}.par_references", "reference response") \
+            if config.par_references is not None else None
+        return RewardMix(parts, lagrange_lr=config.lagrange_lr, max_multiplier=config.max_multiplier,
+                         par=refs is not None, references=refs, whiten=config.whiten, clip=config.clip)
     if config.function is not None or config.prefer is not None:
-        score = import_callable(config.function, "judge.function", folder) if config.function else None
-        prefer = import_callable(config.prefer, "judge.prefer", folder) if config.prefer else None
+        score = import_callable(config.function, f"{key}.function", folder) if config.function else None
+        prefer = import_callable(config.prefer, f"{key}.prefer", folder) if config.prefer else None
         return FunctionJudge(score, prefer)
     if config.regex is not None:
         try:
             return regex_judge(config.regex, fullmatch=config.fullmatch)
         except re.error as err:
-            raise ConfigError(f"judge.regex {config.regex!r}: {err}") from None
+            raise ConfigError(f"{key}.regex {config.regex!r}: {err}") from None
     if config.exact_match is not None:
-        return exact_match_judge(_answers(config.exact_match, folder))
+        return exact_match_judge(_answers(config.exact_match, folder, f"{key}.exact_match"))
     if config.reward_model is not None:
         return RewardModelJudge(RewardModel.load(config.reward_model), batch_size=config.batch_size)
     assert config.lm is not None  # JudgeConfig allows exactly one kind
-    model_load.check_model_path(config.lm, "judge.lm")
+    model_load.check_model_path(config.lm, f"{key}.lm")
     tokenizer = model_load.load_tokenizer(config.tokenizer or config.lm)
     model = model_load.frozen(model_load.load_model(config.lm))
     return LMJudge(model, tokenizer, template=config.template or DEFAULT_TEMPLATE, batch_size=config.batch_size)
@@ -342,5 +427,5 @@ def run_job(job: OnlineJob, *, resume: bool = False) -> list[dict[str, Any]]:
     return history
 
 
-__all__ = ["OnlineJob", "PromptsConfig", "JudgeConfig", "load_job", "read_prompts", "build_judge",
+__all__ = ["OnlineJob", "PromptsConfig", "JudgeConfig", "ComponentConfig", "component_configs", "load_job", "read_prompts", "build_judge",
            "import_callable", "check_out_dir", "run_job"]

@@ -103,12 +103,14 @@ from prefkit.online.algorithms import make_algorithm
 from prefkit.online.config import OnlineConfig
 from prefkit.online.context import RoundContext, as_completion, stack_numbers, tag_seed
 from prefkit.online.judges import Judge, judge_name, judge_scores
+from prefkit.online.rewards import RoundHooks
 from prefkit.online.state import (
     IDENTITY_FILE,
     check_same_run,
     clean_partial,
     latest_checkpoint,
     load_checkpoint,
+    load_judge_state,
     run_identity,
     save_checkpoint,
     write_atomic,
@@ -327,11 +329,15 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
     refresh = reference is not None and online.reference == "refresh_every_k"
     beta = _loss_beta(run_config)
     start, optimizer_state, history = 0, None, []
+    hooks = judge if isinstance(judge, RoundHooks) else None  # a judge with round state (RewardMix)
     if resuming:
         clean_partial(out)
         checkpoint = latest_checkpoint(out)
         if checkpoint is not None:
             start, optimizer_state, history = load_checkpoint(checkpoint, policy, reference)
+            judge_state = load_judge_state(checkpoint)
+            if hooks is not None and judge_state is not None:
+                hooks.load_state_dict(judge_state)
         if start > online.rounds:
             raise ConfigError(f"resume: {out} already holds {start} finished rounds, more than "
                               f"online.rounds={online.rounds}; set online.rounds={start} or more")
@@ -355,7 +361,12 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
                                tokenizer, judge, online, run_config, out, optimizer_state=optimizer_state)
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(tag_seed(online.seed, r, "torch") % 2**63)
+                if hooks is not None:
+                    hooks.begin_round(r)
                 extra = algorithm.round(ctx)
+                if hooks is not None:
+                    hooks.end_round()  # the win-rate samples of round_metrics do not count
+                    ctx.metrics.update(hooks.metrics())
                 metrics = {**round_metrics(ctx, beta), **ctx.metrics, **extra}
             optimizer_state = ctx.optimizer_state
             rows = sample_rows(ctx, chosen)
@@ -371,7 +382,7 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             save_checkpoint(out, r + 1, policy, reference if refresh and r + 1 >= online.refresh_k else None,
-                            optimizer_state, history)
+                            optimizer_state, history, judge_state=hooks.state_dict() if hooks is not None else None)
             if console is not None:
                 console.print(f"[dim]prefkit:[/dim] {_progress_line(metrics, online.rounds)}", highlight=False)
     finally:

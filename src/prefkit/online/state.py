@@ -105,8 +105,11 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(out: Path, next_round: int, policy: nn.Module, reference: nn.Module | None,
-                    optimizer_state: dict[str, Any] | None, history: list[dict[str, Any]]) -> Path:
-    """Write ``checkpoints/round-NNNN`` atomically and keep the last :data:`KEEP` (module docstring)."""
+                    optimizer_state: dict[str, Any] | None, history: list[dict[str, Any]], *,
+                    judge_state: dict[str, Any] | None = None) -> Path:
+    """Write ``checkpoints/round-NNNN`` atomically and keep the last :data:`KEEP` (module docstring);
+    ``judge_state`` is a judge's JSON-friendly round state (a :class:`~prefkit.online.rewards.RewardMix`'s
+    Lagrange multipliers), kept in ``state.json``."""
     from safetensors.torch import save_file
 
     folder = out / CHECKPOINTS
@@ -122,7 +125,10 @@ def save_checkpoint(out: Path, next_round: int, policy: nn.Module, reference: nn
         save_file(trainable_state(reference, list(weights)), str(tmp / "reference.safetensors"))
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"next_round": next_round, "history": history}))
+    state: dict[str, Any] = {"next_round": next_round, "history": history}
+    if judge_state is not None:
+        state["judge"] = judge_state
+    (tmp / "state.json").write_text(json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -144,6 +150,11 @@ def load_checkpoint(path: Path, policy: nn.Module, reference: nn.Module | None
     return int(state["next_round"]), optimizer_state, list(state["history"])
 
 
+def load_judge_state(path: Path) -> dict[str, Any] | None:
+    """The judge's round state saved in a round checkpoint (None when it saved none)."""
+    return json.loads((path / "state.json").read_text()).get("judge")
+
+
 def clean_partial(out: Path) -> None:
     """Remove the temporary folders a killed checkpoint write left (they are this module's own)."""
     folder = out / CHECKPOINTS
@@ -153,4 +164,4 @@ def clean_partial(out: Path) -> None:
 
 
 __all__ = ["run_identity", "check_same_run", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "clean_partial", "trainable_state", "load_trainable", "write_atomic", "IDENTITY_FILE"]
+           "clean_partial", "load_judge_state", "trainable_state", "load_trainable", "write_atomic", "IDENTITY_FILE"]
