@@ -1,8 +1,8 @@
 """Online DPO on CPU: prefkit's sampler and online round vs ``model.generate`` and TRL's ``OnlineDPOTrainer``.
 
-    python bench/online.py                  # default: Llama hidden 192, 3 layers; 8 prompts x G=2, 32 new tokens
+    python bench/online.py                  # default: Llama hidden 256, 4 layers; 8 prompts x G=2, 48 new tokens
     python bench/online.py --quick          # smoke test: a few seconds
-    python bench/online.py --hidden 256 --layers 4 --prompts 16 --max-new 64 --rounds 8
+    python bench/online.py --hidden 384 --layers 6 --prompts 16 --max-new 64 --rounds 8
 
 One run measures two ratios on the same random-init Llama (``prefkit.testing.tiny_llama``, fp32, eager
 attention), saved to a temporary folder with its tokenizer so that every system loads the same weights:
@@ -19,11 +19,15 @@ attention), saved to a temporary folder with its tokenizer so that every system 
    OnlineDPOTrainer`` (it always samples 2 per prompt) with ``per_device_train_batch_size=--prompts``, one
    optimizer step per batch of prompts, ``reward_funcs=[the function]``. Both: temperature 1, no top-k /
    top-p, ``max_new_tokens=--max-new``, lr 1e-5 constant, AdamW (0.9, 0.999), ε 1e-8, no weight decay,
-   grad-norm clip 1.0, the same plain-text prompts (BOS prepended on both sides).
+   grad-norm clip 1.0, no gradient checkpointing (TRL's default turns it on, and with it its generation
+   runs without a KV cache: ``--trl-checkpointing`` measures that default), the same plain-text prompts
+   (BOS prepended on both sides). prefkit's per-round ``win_rate_vs_reference`` metric, which samples the
+   reference as well, is off (``--win-rate`` turns it on): TRL has no such step.
 
-A round is timed from one call of the reward function to the next (so both systems are timed at the
-same point of their loop: the rest of round r after scoring, then round r + 1 up to scoring), wall
-clock and process CPU time; ``--warmup`` rounds are dropped, the median of the next ``--rounds`` is
+A round is timed from one optimizer step to the next (a global post-step hook on
+``torch.optim.Optimizer``, so both systems are timed at the same point of their loop and everything a
+round does is counted: sampling, scoring, pairing, the training step, logging), wall clock and process
+CPU time; the first round and ``--warmup`` more are dropped, the median of the next ``--rounds`` is
 reported. CPU time is the fairer number on a shared machine. The check that both do comparable work:
 generated tokens per round (real tokens, up to and including EOS) and optimizer steps per round.
 
@@ -35,6 +39,7 @@ Results are written up in ``docs/benchmarks.md`` ("Online loop").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -126,21 +131,28 @@ def bench_generation(folder: Path, prompts: list[str], g: int, max_new: int, rep
 
 
 class Clock:
-    """Marks every call of the reward function; a round is the time between two consecutive marks."""
+    """Marks every optimizer step (a global post-step hook on ``torch.optim.Optimizer``, so it sees the
+    AdamW of both systems); both systems take exactly one step per round, so a round is the time
+    between two consecutive marks."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, float]] = []
-        self.tokens: list[int] = []
 
-    def mark(self, tokens: int) -> None:
-        self.marks.append((time.perf_counter(), time.process_time()))
-        self.tokens.append(tokens)
+    def __enter__(self) -> Clock:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(
+            lambda optimizer, args, kwargs: self.marks.append((time.perf_counter(), time.process_time())))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
 
     def rounds(self, warmup: int) -> dict:
         walls = [b[0] - a[0] for a, b in zip(self.marks, self.marks[1:])][warmup:]
         cpus = [b[1] - a[1] for a, b in zip(self.marks, self.marks[1:])][warmup:]
         return {"round_s": statistics.median(walls), "round_cpu_s": statistics.median(cpus),
-                "rounds_timed": len(walls), "tokens_per_round": self.tokens[warmup + 1:]}
+                "rounds_timed": len(walls), "optimizer_steps": len(self.marks)}
 
 
 def bench_prefkit(folder: Path, prompts: list[str], args, work: Path) -> dict:
@@ -154,20 +166,19 @@ def bench_prefkit(folder: Path, prompts: list[str], args, work: Path) -> dict:
     def score(prompt, completion) -> float:
         return reward(completion)
 
-    class Timed(FunctionJudge):
-        def score(self, prompts_, completions):
-            # real generated tokens are read from the round's metrics; here only the time mark
-            clock.mark(0)
-            return super().score(prompts_, completions)
-
-    online = OnlineConfig(rounds=1 + args.warmup + args.rounds, prompts_per_round=args.prompts,
-                          samples_per_prompt=2, pairs="best_vs_worst",
-                          sampling=SamplingSettings(max_new_tokens=args.max_new, temperature=1.0),
-                          steps_per_round=1, seed=args.seed)
-    history = run_online(policy, tok, prompts, Timed(score, name="vowels"), config, online, work / "prefkit-run")
+    options = dict(rounds=1 + args.warmup + args.rounds, prompts_per_round=args.prompts, samples_per_prompt=2,
+                   pairs="best_vs_worst", sampling=SamplingSettings(max_new_tokens=args.max_new, temperature=1.0),
+                   steps_per_round=1, seed=args.seed)
+    if "win_rate_vs_reference" in {f.name for f in dataclasses.fields(OnlineConfig)}:
+        # a monitoring metric that samples the reference too: TRL has no such step, so it is off here
+        options["win_rate_vs_reference"] = args.win_rate
+    with clock:
+        history = run_online(policy=policy, tokenizer=tok, prompts=prompts, judge=FunctionJudge(score, name="vowels"),
+                             run_config=config, online=OnlineConfig(**options), out_dir=work / "prefkit-run")
     out = clock.rounds(args.warmup)
     timed = history[args.warmup + 1:]
     out["tokens_per_round"] = [round(h["completions/mean_length"] * args.prompts * 2) for h in timed]
+    out["win_rate_vs_reference"] = options.get("win_rate_vs_reference", False)
     out["optimizer_steps_per_round"] = [int(h.get("train/step", 1 if h["records"] else 0)) for h in timed]
     out["pairs_per_round"] = [h["records"] for h in timed]
     out["round_s_own_metric"] = statistics.median(h["seconds"] for h in timed)
@@ -183,11 +194,11 @@ def bench_trl(folder: Path, prompts: list[str], args, work: Path) -> dict:
     clock = Clock()
     eos = tok.eos_token_id
     steps: list[int] = []
+    tokens: list[int] = []
 
     def vowels(prompts, completions, completion_ids, **kwargs) -> list[float]:
-        made = sum(ids.index(eos) + 1 if eos in ids else sum(t != tok.pad_token_id for t in ids)
-                   for ids in completion_ids)
-        clock.mark(made)
+        tokens.append(sum(ids.index(eos) + 1 if eos in ids else sum(t != tok.pad_token_id for t in ids)
+                          for ids in completion_ids))
         return [reward(c) for c in completions]
 
     class Steps(TrainerCallback):
@@ -204,11 +215,16 @@ def bench_trl(folder: Path, prompts: list[str], args, work: Path) -> dict:
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, beta=[0.1], loss_type="sigmoid",
         max_new_tokens=args.max_new, max_length=args.max_length, temperature=1.0, top_k=0, top_p=1.0,
         report_to=[], save_strategy="no", logging_steps=10_000, disable_tqdm=True, use_cpu=True,
-        dataloader_num_workers=0, seed=args.seed, bf16=False, fp16=False, push_to_hub=False)
+        dataloader_num_workers=0, seed=args.seed, bf16=False, fp16=False, push_to_hub=False,
+        # TRL's default is True, which also turns off the KV cache in its generation (use_cache=False):
+        # prefkit does not checkpoint here, so neither does TRL (--trl-checkpointing measures the default)
+        gradient_checkpointing=args.trl_checkpointing)
     trainer = module.OnlineDPOTrainer(model=policy, reward_funcs=[vowels], args=config, train_dataset=data,
                                       processing_class=tok, callbacks=[Steps()])
-    trainer.train()
+    with clock:
+        trainer.train()
     out = clock.rounds(args.warmup)
+    out["tokens_per_round"] = tokens[args.warmup + 1:]
     out["optimizer_steps_per_round"] = [b - a for a, b in zip(steps, steps[1:])][args.warmup:]
     out["pairs_per_round"] = [args.prompts] * out["rounds_timed"]
     return out
@@ -231,19 +247,23 @@ def trl_status() -> str | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=192)
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per round (= batch size, = pairs per step)")
     ap.add_argument("--g", type=int, default=2, help="samples per prompt in the generation comparison")
-    ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--max-new", type=int, default=48)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=6, help="timed rounds (median reported)")
+    ap.add_argument("--rounds", type=int, default=8, help="timed rounds (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="rounds dropped before timing")
     ap.add_argument("--repeats", type=int, default=3, help="generation calls per engine (best kept)")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--win-rate", action="store_true",
+                    help="keep prefkit's per-round win rate vs the reference (extra reference samples; TRL has none)")
+    ap.add_argument("--trl-checkpointing", action="store_true",
+                    help="TRL with its default gradient_checkpointing=True (generation without a KV cache)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args()

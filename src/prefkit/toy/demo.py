@@ -267,6 +267,25 @@ def _mean(xs: list[float]) -> float:
 # -- the job ------------------------------------------------------------------------------------------------
 
 
+def sft_policy(tokenizer: Any, settings: ToySettings, seed: int, rng: random.Random, out_dir: str | Path, *,
+               progress: bool = False, packing: bool = True, plots: bool = True) -> nn.Module:
+    """The demo's SFT stage: :func:`build_model` with ``seed``, then the Trainer with :class:`SFTObjective`
+    for ``settings.sft_steps`` steps over ``sft_steps · sft_batch_size`` responses drawn from ``rng``
+    (:func:`world.sft_examples`: good and bad mode half and half, so no preference); its run folder is
+    ``out_dir``. Returns the warmed-up model (the policy and reference of the preference stage)."""
+    model = build_model(tokenizer, settings, seed)
+    sft_records = [Unpaired(p, r, desirable=True) for p, r in world.sft_examples(
+        settings.sft_steps * settings.sft_batch_size, rng)]
+    sft_cfg = load_config(overrides=[
+        f"output.dir={out_dir}", "output.overwrite=true", "output.tensorboard=false",
+        "output.save_model=false", f"output.plots={str(plots).lower()}", f"train.seed={seed}",
+        f"train.batch_size={settings.sft_batch_size}", f"train.max_steps={settings.sft_steps}",
+        f"train.lr={settings.sft_lr}", "train.scheduler=constant", "train.warmup_steps=10",
+        "train.log_every=50", f"train.progress={str(progress).lower()}"])
+    Trainer(sft_cfg, model, tokenizer, sft_records, objective=SFTObjective(packing=packing)).train()
+    return model
+
+
 def run_demo(out_dir: str | Path | None = None, seed: int = 0, quick: bool = False, *,
              config: RunConfig | None = None, settings: ToySettings | None = None,
              progress: bool | None = None, show: bool = True, threads: int | None = 1) -> DemoResult:
@@ -319,23 +338,14 @@ def _run_demo(out_dir: str | Path | None, seed: int, quick: bool, config: RunCon
 
     rng = random.Random(seed)
     tokenizer = world.build_tokenizer()
-    model = build_model(tokenizer, settings, seed)
-    sft_records = [Unpaired(p, r, desirable=True) for p, r in world.sft_examples(
-        settings.sft_steps * settings.sft_batch_size, rng)]
+    # 1. SFT warm-up (it draws its responses from rng first, so the pairs below are the same as ever).
+    model = sft_policy(tokenizer, settings, seed, rng, run_dir / "sft", progress=config.train.progress,
+                       packing=config.model.packing)
     train_pairs = world.preference_pairs(settings.train_pairs, rng, k=settings.pair_k)
     eval_pairs = world.preference_pairs(settings.eval_pairs, rng, k=settings.pair_k)
     eval_prompts = world.sample_prompts(settings.eval_prompts, rng)
-
-    # 1. SFT warm-up: the Trainer with an NLL objective, one pass over the SFT responses.
-    sft_cfg = load_config(overrides=[
-        f"output.dir={run_dir / 'sft'}", "output.overwrite=true", "output.tensorboard=false",
-        "output.save_model=false", "output.plots=true", f"train.seed={seed}",
-        f"train.batch_size={settings.sft_batch_size}", f"train.max_steps={settings.sft_steps}",
-        f"train.lr={settings.sft_lr}", "train.scheduler=constant", "train.warmup_steps=10",
-        "train.log_every=50", f"train.progress={str(config.train.progress).lower()}"])
     # The config's model.packing / model.share_prefix switch the log-prob engine of every stage.
     engine = {"packing": config.model.packing, "share_prefix": config.model.share_prefix}
-    Trainer(sft_cfg, model, tokenizer, sft_records, objective=SFTObjective(packing=config.model.packing)).train()
 
     # 2. Before: the SFT model is both the policy and the reference.
     from prefkit.models.load import frozen_copy
@@ -444,4 +454,4 @@ def plot_before_after(before: Snapshot, after: Snapshot, path: Path) -> Path:
 
 
 __all__ = ["ToySettings", "QUICK", "Snapshot", "DemoResult", "run_demo", "run_config", "is_toy_config",
-           "demo_config_path", "build_model", "SFTObjective", "snapshot", "TOY_MARKER"]
+           "demo_config_path", "build_model", "sft_policy", "SFTObjective", "snapshot", "TOY_MARKER"]
