@@ -177,13 +177,13 @@ def test_qwen2_gqa_bias_and_gradient_checkpointing():
         model = Qwen2ForCausalLM(config).float()
     model.set_attn_implementation("sdpa")
     model.train()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     batch = _batch(*LISTS, kind="list")
     ref_logps, _ = _naive(model, batch)
     ref_grads = _grads(model, ref_logps.sum())
     for checkpointing in (True, False):  # dense masks with checkpointing, segment attention without
         if not checkpointing:
-            model.gradient_checkpointing_disable()
+            model.activation_checkpointing_disable()
         out = prefix_shared_sequence_logps(model, batch)
         torch.testing.assert_close(out.logps, ref_logps.detach(), atol=1e-5, rtol=1e-5)
         got_grads = _grads(model, out.logps.sum())

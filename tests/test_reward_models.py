@@ -216,7 +216,7 @@ def test_gradient_checkpointing_and_resume(tmp_path):
                                        *QUIET])
     model = RewardModel.from_backbone(tiny_llama(len(tok)), config.reward, tok)
     train_reward_model(config, train_records=pairs, model=model)
-    assert model.backbone.is_gradient_checkpointing
+    assert model.backbone.is_activation_checkpointing
     step2 = [c for c in list_checkpoints(tmp_path) if c.name.endswith("2")][0]
     fresh = RewardModel.from_backbone(tiny_llama(len(tok)), config.reward, tok)
     _, summary = train_reward_model(config, train_records=pairs, model=fresh, resume=step2)

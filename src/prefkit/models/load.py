@@ -437,15 +437,19 @@ def add_lora(model: nn.Module, *, r: int, alpha: float, dropout: float = 0.0,
     With ``adapter``, the saved adapter in that directory is loaded (trainable) instead of a fresh one.
     A fresh adapter's B matrix is zero, so at step 0 the policy equals the base model.
     """
+    import warnings
+
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if adapter is not None:
-        folder = check_adapter_dir(adapter, "lora.adapter")
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=True, local_files_only=True)
-    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        task_type=task_type, bias="none")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if adapter is not None:
+            folder = check_adapter_dir(adapter, "lora.adapter")
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=True, local_files_only=True)
+        targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                            task_type=task_type, bias="none")
+        return get_peft_model(model, config)
 
 
 def is_peft(model: nn.Module) -> bool:

@@ -179,7 +179,11 @@ class RewardModel(nn.Module):
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Recompute the backbone's activations in backward (``model.gradient_checkpointing``)."""
-        self.backbone.gradient_checkpointing_enable(**kwargs)
+        if hasattr(self.backbone, "activation_checkpointing_enable"):  # transformers >= 5 name
+            self.backbone.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=kwargs.get("gradient_checkpointing_kwargs"))
+        else:
+            self.backbone.gradient_checkpointing_enable(**kwargs)
 
     def enable_input_require_grads(self) -> None:
         """Needed with LoRA + gradient checkpointing (frozen embeddings)."""
