@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from statistics import mean
 
-import pytest
 import torch
 
 from prefkit.data.records import Pair
