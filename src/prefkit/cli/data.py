@@ -221,4 +221,108 @@ def convert_cmd(src: str, out: str, target: str, strategy: str | None, min_gap: 
     click.echo(f"wrote {n} records to {out} (from {records.rows} rows)" + (f"; skipped: {detail}" if detail else ""))
 
 
+def _share(share: float | None, ci: tuple[float, float] | None = None) -> str:
+    if share is None:
+        return "-"
+    return f"{100 * share:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _print_diagnosis(report: Any, ensemble: dict[str, Any] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    table = Table(title=f"{report.source}: {report.records} records from {report.rows} rows")
+    for col in ("check", "count", "of", "fraction", "examples (location)"):
+        table.add_column(col, justify="right" if col in ("count", "of", "fraction") else "left")
+    for c in report.checks:
+        detail = ", ".join(f"{n} {k}" for k, n in c.detail.items())
+        table.add_row(c.title + (f" ({detail})" if detail and c.name != "empty_final_turn" else ""),
+                      str(c.count), str(c.total), "-" if c.fraction is None else f"{100 * c.fraction:.2f}%",
+                      ", ".join(c.examples) + (" ..." if c.count > len(c.examples) else ""))
+    console.print(table)
+    bias = Table(title="length bias (non-tie pairs; 95% Wilson intervals)")
+    for col in ("unit", "pairs", "chosen longer", "chosen shorter", "equal", "biased"):
+        bias.add_column(col, justify="left" if col == "unit" else "right")
+    for b in report.length:
+        bias.add_row(b.unit, str(b.pairs), f"{b.longer} ({_share(b.longer / (b.pairs or 1), b.longer_ci)})",
+                     f"{b.shorter} ({_share(b.shorter / (b.pairs or 1), b.shorter_ci)})", str(b.equal),
+                     "yes" if b.biased else "no")
+    console.print(bias)
+    if report.position is not None:
+        p = report.position
+        console.print(f"position bias (metadata[{p.key!r}]): chosen shown first in {p.first} of {p.pairs} pairs "
+                      f"({_share(p.first / p.pairs, p.ci)}); biased: {'yes' if p.biased else 'no'}")
+    if report.agreement is not None:
+        a = report.agreement
+        name = "Cohen's" if a.statistic == "cohen" else "Fleiss'"
+        console.print(f"annotator agreement: {name} kappa {a.kappa:.3f} over {a.items} items ({a.annotators} "
+                      f"annotators, {a.labels_per_item} labels per item)")
+    if ensemble is not None:
+        console.print(f"preference strength ({len(ensemble['models'])} reward models, {ensemble['pairs']} pairs): "
+                      f"mean margin {ensemble['mean_margin']:.3f} (sd over pairs {ensemble['std_of_mean_margin']:.3f}), "
+                      f"mean spread over models {ensemble['mean_spread']:.3f}")
+
+
+@data.command("diagnose")
+@click.argument("file")
+@click.option("--rm", "models", multiple=True, metavar="MODEL",
+              help="A prefkit reward-model folder (repeat for an ensemble): preference strength, mislabelled pairs.")
+@click.option("--near", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Jaccard similarity (MinHash, word 3-grams) from which two records are near duplicates.")
+@click.option("--min-margin", type=float, default=None, help="With --rm: drop pairs whose mean margin is below this.")
+@click.option("--write", "clean_out", metavar="CLEAN", help="With --min-margin: write the kept records "
+                                                             "(.jsonl, .jsonl.gz or .parquet).")
+@click.option("--tokenizer", metavar="DIR", help="Local tokenizer folder: length bias in tokens too.")
+@click.option("--batch-size", default=32, show_default=True, help="Reward-model batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@_format
+def diagnose_cmd(file: str, models: tuple[str, ...], near: float, min_margin: float | None,
+                 clean_out: str | None, tokenizer: str | None, batch_size: int, as_json: bool, fmt: str) -> None:
+    """Duplicates, empty turns, early divergence, length/position bias, agreement; with --rm, strength."""
+    from dataclasses import replace
+
+    from prefkit.data.diagnose import diagnose, read_located
+
+    if min_margin is not None and not models:
+        raise ConfigError("--min-margin needs reward models: add --rm MODEL")
+    if clean_out and min_margin is None:
+        raise ConfigError("--write needs --min-margin X (the mean margin a pair must reach to be kept)")
+    if clean_out and not clean_out.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        raise ConfigError(f"--write {clean_out!r}: write .jsonl, .jsonl.gz or .parquet")
+    for m in models:
+        if not Path(m).is_dir():
+            raise ConfigError(f"--rm {m!r} is not a folder; pass a prefkit reward-model folder")
+    tok = _load_tokenizer(tokenizer) if tokenizer else None
+    _check_type(file)
+    located = read_located(file, format=fmt)
+    report = diagnose(located, near=near, tokenizer=tok)
+    ensemble = None
+    if models:
+        from transformers.utils import logging as hf_logging
+
+        from prefkit.eval.data_quality import filter_by_margin, pairs_of, preference_strength, strength_checks
+        from prefkit.models.reward import RewardModel
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        idx = pairs_of(located.records)
+        pairs = [located.records[i] for i in idx]
+        strength = preference_strength(pairs, [RewardModel.load(m) for m in models], names=models,
+                                       batch_size=batch_size)
+        ensemble = strength.summary()
+        report = replace(report, checks=report.checks + tuple(
+            strength_checks(strength, [located.where[i] for i in idx], min_margin)))
+        if clean_out:
+            kept = filter_by_margin(located.records, strength, min_margin)
+            ensemble["written"] = write(kept, clean_out)
+            ensemble["written_to"] = clean_out
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "ensemble": ensemble}, indent=2, default=str))
+        return
+    _print_diagnosis(report, ensemble)
+    if clean_out:
+        click.echo(f"wrote {ensemble['written']} records to {clean_out}")
+
+
 commands: dict[str, click.Command] = {"data": data}
