@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "bon": "prefkit.cli.rm",
     "testing": "prefkit.cli.testing",
     "online": "prefkit.cli.online",
+    "report": "prefkit.cli.report",
+    "arena": "prefkit.cli.arena",
 }
 
 

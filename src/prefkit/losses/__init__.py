@@ -317,7 +317,10 @@ DEFAULT_LOSS = "dpo"
 """The loss of a run config that names none (``loss.name``)."""
 DEFAULT_REWARD_LOSS = "bradley_terry"
 """The loss of a reward-model job that names none."""
+ARENA_LOSS = "bradley_terry"
+"""The loss that fits arena ratings from battles (``prefkit.eval.arena``); its tie models are the
+``reward_pair`` losses with a tie head parameter (``head_params``)."""
 
-__all__ = ["LOSSES", "DEFAULT_LOSS", "DEFAULT_REWARD_LOSS", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param",
+__all__ = ["LOSSES", "DEFAULT_LOSS", "DEFAULT_REWARD_LOSS", "ARENA_LOSS", "LossSpec", "LossOutput", "PairLogps", "ListLogps", "UnpairedLogps", "Paper", "Param",
            "PairScores", "ListScores", "RatingScores", "get_loss", "validate_loss_params", "names_of",
            "reward_losses", "reference_free_pair_losses"]
