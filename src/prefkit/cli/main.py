@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "online": "prefkit.cli.online",
     "report": "prefkit.cli.report",
     "arena": "prefkit.cli.arena",
+    "eval": "prefkit.cli.evaluate",
 }
 
 

@@ -32,11 +32,14 @@ def train(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> 
     from prefkit import toy
 
     if toy.is_toy_config(cfg):  # model.path: toy names the built-in toy world: the job is the demo
+        if cfg.eval.enabled:
+            raise ConfigError("the eval: section needs a model folder; the toy demo job does not run it")
         result = toy.run_config(cfg, resume=resume)
     else:
+        from prefkit.eval.during_training import evaluator_factory
         from prefkit.train.run import run
 
-        result = run(cfg, resume=resume)
+        result = run(cfg, resume=resume, evaluators=evaluator_factory(cfg))  # checks eval: before models load
     click.echo(done_line(result, cfg.output.dir))
 
 

@@ -1,7 +1,7 @@
 """Run configuration: dataclasses with one docstring per field, read from YAML plus ``key=value`` overrides.
 
 A run config has sections (``model``, ``lora``, ``reference``, ``data``, ``encode``, ``loss``,
-``train``, ``output``, and ``reward`` for a reward-model job); each is a dataclass below whose
+``train``, ``output``, ``eval``, and ``reward`` for a reward-model job); each is a dataclass below whose
 attribute docstrings are the only help text (``docs/training.md`` embeds them:
 ``python -m prefkit.train.config_docs --write-docs docs/training.md``). On the command line, dotted
 keys address nested fields: ``train.lr=1e-5 loss.beta=0.2``. Values are parsed as YAML scalars.
@@ -36,6 +36,7 @@ from prefkit.data.encode import EncodeConfig
 from prefkit.errors import ConfigError, did_you_mean
 from prefkit.losses import DEFAULT_LOSS, DEFAULT_REWARD_LOSS
 from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfig
+from prefkit.train.eval_config import EvalConfig
 from prefkit.train.trl import apply_trl_keys
 
 POLICY_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -279,6 +280,8 @@ class RunConfig:
     """Optimisation and the loop."""
     output: OutputConfig = field(default_factory=OutputConfig)
     """Outputs."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Policy diagnostics during training (``prefkit.train.eval_config.EvalConfig``)."""
     reward: RewardModelConfig | None = None
     """A reward-model job (``prefkit rm train``): head, pooling, input length and truncation of the reward
     model on the ``model.path`` backbone (``prefkit.models.heads.RewardModelConfig``); null for a policy."""
@@ -640,6 +643,6 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 __all__ = ["RunConfig", "ModelConfig", "LoraConfig", "ReferenceConfig", "DataConfig", "LossConfig",
-           "TrainConfig", "OutputConfig", "EncodeConfig", "RewardModelConfig", "load_config", "load_reward_config", "from_dict", "to_dict",
+           "TrainConfig", "OutputConfig", "EvalConfig", "EncodeConfig", "RewardModelConfig", "load_config", "load_reward_config", "from_dict", "to_dict",
            "dump_config", "check_head_and_loss", "parse_overrides", "field_docs", "all_keys", "check_loss",
            "check_paths", "check_number"]

@@ -22,6 +22,8 @@ PLOTS = {  # file -> keys drawn (train and eval/ variants when present)
     "accuracy.png": ("rewards/accuracies",),
     "logps.png": ("logps/chosen", "logps/rejected"),
     "lr.png": ("lr",),
+    "ranking.png": ("ranking/accuracy", "ranking/normalized_accuracy", "ranking/idealized_accuracy"),  # eval: section
+    "displacement.png": ("displacement/chosen", "displacement/rejected", "displacement/margin"),
 }
 
 # file -> (title, y-axis label). ``logps/*`` are log-probs *summed* over the completion tokens (the
@@ -32,6 +34,8 @@ PLOT_LABELS = {
     "accuracy.png": ("Preference accuracy (reward chosen > rejected)", "accuracy"),
     "logps.png": ("Completion log-probs, summed over tokens", "log π(completion | prompt), sum"),
     "lr.png": ("Learning rate", "learning rate"),
+    "ranking.png": ("Ranking accuracy: log π(y_w|x) > log π(y_l|x)", "accuracy"),
+    "displacement.png": ("Likelihood displacement: log π(y|x) − log π_ref(y|x)", "log-ratio, summed"),
 }
 
 
@@ -159,7 +163,7 @@ def plot_metrics(run_dir: str | Path) -> list[Path]:
             color = f"C{keys.index(key)}"  # train and eval of one key share a color
             ax.plot(xs, ys, label=f"{key} ({'eval' if is_eval else 'train'})", color=color,
                     linestyle="--" if is_eval else "-", marker="o" if is_eval or len(xs) == 1 else None)
-        if name == "accuracy.png":
+        if name in ("accuracy.png", "ranking.png"):
             ax.set_ylim(-0.03, 1.03)
         ax.set_title(f"{title}: {Path(run_dir).resolve().name}")
         ax.set_xlabel("optimizer step")

@@ -9,7 +9,7 @@ then checks the paths (data, run directory) before loading the model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,11 @@ from prefkit.train import checkpoint as ckpt
 from prefkit.train import rundir
 from prefkit.train.config import POLICY_LORA_TARGETS, RunConfig, check_head_and_loss
 from prefkit.train.objectives import make_objective
-from prefkit.train.trainer import Trainer
+from prefkit.train.trainer import Evaluator, Trainer
+
+EvaluatorFactory = Callable[[Any, Any, list[Any], list[Any]], Sequence[Evaluator]]
+"""``(model, tokenizer, train_records, eval_records) -> evaluators``, called after the policy loads and
+before training (``prefkit.eval.during_training.evaluator_factory`` makes one from the ``eval:`` section)."""
 
 
 def check_run_dir(config: RunConfig, resume: bool | str | Path) -> None:
@@ -73,9 +77,11 @@ def _weights_path(path: str) -> str | Path:
     return model_load.local_dir(path, "reference.path") if model_load.hub_id(path) is not None else path
 
 
-def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
+def run(config: RunConfig, *, resume: bool = False,
+        evaluators: EvaluatorFactory | None = None) -> dict[str, float]:
     """Train a policy per ``config``; returns the final metrics. Writes everything under
-    ``config.output.dir``. (``model.path: toy``, the built-in toy world, is routed to ``prefkit.toy`` by
+    ``config.output.dir``; ``evaluators`` builds the trainer's diagnostics (:data:`EvaluatorFactory`).
+    (``model.path: toy``, the built-in toy world, is routed to ``prefkit.toy`` by
     the CLI.) A config with a ``reward`` section is a reward-model job: :func:`train_reward_model`."""
     if config.reward is not None:
         return train_reward_model(config, resume=resume)[1]
@@ -88,8 +94,9 @@ def run(config: RunConfig, *, resume: bool = False) -> dict[str, float]:
     def reference_model() -> Any:
         return model_load.frozen(model_load.load_model(ref_path, dtype=config.model.dtype))
 
+    hooks = evaluators(model, tokenizer, train, evaluation) if evaluators is not None else ()
     trainer = Trainer(config, model, tokenizer, train, evaluation, reference_model=reference_model,
-                      reference_weights=_weights_path(ref_path))
+                      reference_weights=_weights_path(ref_path), evaluators=hooks)
     return trainer.train(resume=resume)
 
 
@@ -137,4 +144,4 @@ def train_reward_model(config: RunConfig, *, resume: bool = False,
     return model, summary
 
 
-__all__ = ["run", "train_reward_model", "check_run_dir", "read_data", "load_policy"]
+__all__ = ["EvaluatorFactory", "run", "train_reward_model", "check_run_dir", "read_data", "load_policy"]

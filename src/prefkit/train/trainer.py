@@ -54,6 +54,11 @@ from prefkit.train.refcache import (
     hash_weights,
 )
 
+Evaluator = Callable[[nn.Module, int], dict[str, float]]
+"""A diagnostic the trainer calls as ``fn(model, step)`` (the unwrapped policy, in eval mode, no gradients,
+main process only) before the first step, every ``eval.every`` steps and at the end; its metrics are
+logged as ``eval/<key>`` (``prefkit.eval.during_training`` builds them from the ``eval:`` section)."""
+
 # -- the module accelerate wraps ------------------------------------------------------------------------
 
 
@@ -176,7 +181,7 @@ class Trainer:
                  objective: Objective | None = None, reference: ReferenceSource | None = None,
                  reference_model: Callable[[], nn.Module] | None = None,
                  reference_weights: str | Path | None = None, accelerator: Any = None,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, evaluators: Sequence[Evaluator] = ()):
         """
         Args:
             config: the run config (``load_config``); ``loss`` picks the objective when none is given.
@@ -192,10 +197,11 @@ class Trainer:
             accelerator: an ``accelerate.Accelerator`` (default: one built from ``config.train``).
             say: where the trainer's one-line notices go (encoding report, reference cache, resume); default:
                 stderr. The online loop collects them, so that a round prints nothing of its own.
+            evaluators: diagnostics run every ``eval.every`` steps (:data:`Evaluator`).
         """
 
         self.config, self.tokenizer = config, tokenizer
-        self._say_to = say
+        self._say_to, self.evaluators = say, list(evaluators)
         # Several processes and no GPU (``accelerate launch --multi_gpu --num_processes 2`` on a CPU
         # machine): accelerate needs cpu=True to pick gloo.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -393,6 +399,10 @@ class Trainer:
             if start == self.total_steps:  # resumed from the last checkpoint: its logged line is the result
                 last = next((r for r in reversed(read_metrics(self.run_dir)) if r.get("step") == start
                              and "loss" in r), {})
+        if cfg.eval.enabled and not self.evaluators:
+            self._say("eval: section set but no evaluators given (prefkit.eval.during_training builds them)")
+        if start == 0:  # the diagnostics before training: the curves' starting point
+            self._log_eval(writer, 0, loss=False)
         self.step_module.train()
         bar = progress_bar(self.total_steps, tc.progress and acc.is_main_process)
         task = bar.add_task("train", total=self.total_steps, completed=start, loss=math.nan, acc=math.nan, tps=0.0)
@@ -443,8 +453,9 @@ class Trainer:
                     self._log_sums, self._log_tokens, self._log_t0 = {}, 0, time.perf_counter()
                 else:
                     bar.update(task, completed=step)
-                if tc.eval_every and step % tc.eval_every == 0 and step != self.total_steps:
-                    self._log_eval(writer, step)
+                loss_due, hooks_due = (bool(n) and step % n == 0 for n in (tc.eval_every, cfg.eval.every))
+                if (loss_due or hooks_due) and step != self.total_steps:
+                    self._log_eval(writer, step, loss=loss_due, hooks=hooks_due)
                 if tc.save_every and step % tc.save_every == 0:
                     self.save_checkpoint()
         last.update(self._log_eval(writer, self.total_steps))
@@ -480,8 +491,19 @@ class Trainer:
         self._step_module.train(was_training)
         return {f"eval/{k}": v for k, v in self._reduce(sums).items()}
 
-    def _log_eval(self, writer: MetricsWriter | None, step: int) -> dict[str, float]:
-        result = self.evaluate()
+    def _log_eval(self, writer: MetricsWriter | None, step: int, *, loss: bool = True,
+                  hooks: bool = True) -> dict[str, float]:
+        """One ``eval/`` line at ``step``: the evaluation loss and metrics, and the evaluators' metrics."""
+        result = self.evaluate() if loss else {}
+        if hooks and self.evaluators:
+            if self.accelerator.is_main_process:
+                was_training = self.model.training
+                self.model.eval()
+                with torch.no_grad():
+                    for fn in self.evaluators:
+                        result.update({f"eval/{k}": float(v) for k, v in fn(self.model, step).items()})
+                self.model.train(was_training)
+            self.accelerator.wait_for_everyone()
         if result and writer is not None:
             writer.write({"step": step, **result})
         return result
@@ -551,8 +573,8 @@ class Trainer:
             self.tokenizer.save_pretrained(str(path))
 
 
-RESUME_MAY_CHANGE = ("output.", "train.progress", "train.log_every", "train.eval_every", "train.eval_batches",
-                     "train.save_every", "train.keep_last", "reference.cache_dir", "data.eval", "data.eval_fraction")
+RESUME_MAY_CHANGE = ("output.", "eval.", "train.progress", "train.log_every", "train.eval_every",
+                     "train.eval_batches", "train.save_every", "train.keep_last", "reference.cache_dir", "data.eval", "data.eval_fraction")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -592,4 +614,4 @@ def _add_metric(sums: dict[str, list[float]], key: str, value: Tensor, batch_siz
         _add(sums, key, value[ok].sum(), int(ok.sum()))
 
 
-__all__ = ["Trainer", "PolicyStep", "DataOrder"]
+__all__ = ["Trainer", "PolicyStep", "DataOrder", "Evaluator"]
