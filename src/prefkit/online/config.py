@@ -20,7 +20,8 @@ class OnlineConfig:
     """How the online loop runs; validated when built (a bad value is a one-line :class:`ConfigError`)."""
 
     algorithm: str | Mapping[str, Any] = "online_dpo"
-    """The algorithm plug-in: a name (``online_dpo``, ``xpo``, ``sppo_selfplay``, ``nash_md``, ``egpo``) or a mapping
+    """The algorithm plug-in: a name (``online_dpo``, ``xpo``, ``sppo_selfplay``, ``nash_md``, ``egpo``; RL from rewards:
+    ``grpo``, ``rloo``, ``rsf``) or a mapping
     ``{name: ..., <its options>}``; see ``prefkit.online.algorithms``."""
     rounds: int = 1
     """Rounds of sample → judge → train (>= 1)."""
