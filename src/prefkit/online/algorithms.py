@@ -62,6 +62,7 @@ from prefkit.online.config import OnlineConfig, PairBuilding
 from prefkit.online.context import RoundContext, as_completion
 from prefkit.online.judges import PAIRWISE_NOTE, POINTWISE_NOTE
 from prefkit.online.objectives import ExplorationObjective, SampleObjective
+from prefkit.online.ppo import PPO
 from prefkit.online.rl import GRPO, RLOO, RSF
 from prefkit.train.config import RunConfig
 from prefkit.train.objectives import PreferenceObjective, make_objective
@@ -527,7 +528,7 @@ class EGPO:
 
 
 ALGORITHMS: dict[str, type] = {"online_dpo": OnlineDPO, "xpo": XPO, "sppo_selfplay": SPPO, "nash_md": NashMD,
-                               "egpo": EGPO, "grpo": GRPO, "rloo": RLOO, "rsf": RSF}
+                               "egpo": EGPO, "grpo": GRPO, "rloo": RLOO, "rsf": RSF, "ppo": PPO}
 """Algorithm name -> plug-in class (the RL plug-ins ``grpo``, ``rloo``, ``rsf`` live in ``prefkit.online.rl``)."""
 
 

@@ -21,7 +21,7 @@ class OnlineConfig:
 
     algorithm: str | Mapping[str, Any] = "online_dpo"
     """The algorithm plug-in: a name (``online_dpo``, ``xpo``, ``sppo_selfplay``, ``nash_md``, ``egpo``; RL from rewards:
-    ``grpo``, ``rloo``, ``rsf``) or a mapping
+    ``grpo``, ``rloo``, ``rsf``, ``ppo``) or a mapping
     ``{name: ..., <its options>}``; see ``prefkit.online.algorithms``."""
     rounds: int = 1
     """Rounds of sample → judge → train (>= 1)."""
