@@ -82,24 +82,36 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", "out_dir", default="rm_eval", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for rm_eval.json, reliability.png and margins.png.")
+              help="Folder for rm_eval.json, reliability.png and margins.png (a suite: judge_suite.json).")
 @click.option("--by", default=None, help="Subset/category column for a per-value breakdown (a record "
               "field such as source, or a metadata key).")
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N records.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N records (a suite: per file).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bins", type=int, default=10, show_default=True, help="Calibration bins.")
 @click.option("--length-buckets", type=int, default=4, show_default=True)
 @click.option("--no-plots", is_flag=True, help="Write only the JSON report.")
+@click.option("--sections", "sections", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A suite's sections YAML (section: [files]); default DATA/sections.yaml, else sub-folders.")
+@click.option("--json", "as_json", is_flag=True, help="A suite: print the result as JSON instead of tables.")
 def eval_cmd(model_dir: str, data: str, out_dir: str, by: str | None, limit: int | None, batch_size: int,
-             bins: int, length_buckets: int, no_plots: bool) -> None:
+             bins: int, length_buckets: int, no_plots: bool, sections: str | None, as_json: bool) -> None:
     """Evaluate a reward model on the preference pairs in DATA: accuracy table (overall, per subset, per
     length bucket, beside the longer/shorter-wins baselines), calibration (ECE, reliability diagram),
-    margin histogram, tie accuracy."""
-    from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
+    margin histogram, tie accuracy.
 
+    DATA a folder: a judge suite (RewardBench-style; ``prefkit.eval.judge_suite``): accuracy per file and
+    per section with 95% intervals, position consistency and length bias. MODEL_DIR is then a reward
+    model, or a causal LM folder used as a pairwise LM judge (both orders asked)."""
     _offline()
     if batch_size < 1 or bins < 1 or length_buckets < 1:
         raise ConfigError("--batch-size, --bins and --length-buckets must be >= 1")
+    if Path(data).is_dir():
+        _eval_suite(model_dir, data, out_dir, limit, batch_size, sections, as_json)
+        return
+    if sections or as_json:
+        raise ConfigError("--sections and --json apply to a suite folder; DATA is a file")
+    from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
+
     model = _load_model(model_dir)
     records = _load_data(data, limit)
     report = evaluate_reward_model(model, records, by=by, batch_size=batch_size, num_bins=bins,
@@ -107,6 +119,34 @@ def eval_cmd(model_dir: str, data: str, out_dir: str, by: str | None, limit: int
     print_report(report)
     paths = write_report(report, out_dir, plots=not no_plots)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _load_judge(path: str, batch_size: int):
+    """A reward-model folder (``reward_config.json``) or a causal LM folder (an ``LMJudge``)."""
+    if (Path(path) / "reward_config.json").is_file():
+        return _load_model(path)
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{path}: neither a reward model (reward_config.json) nor a model folder (config.json)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefkit.online.judges import LMJudge
+
+    lm = AutoModelForCausalLM.from_pretrained(path)
+    return LMJudge(lm, AutoTokenizer.from_pretrained(path), batch_size=batch_size, name=f"LM judge ({Path(path).name})")
+
+
+def _eval_suite(model_dir: str, data: str, out_dir: str, limit: int | None, batch_size: int,
+                sections: str | None, as_json: bool) -> None:
+    import json
+
+    from prefkit.eval.judge_suite import evaluate_suite, format_suite
+
+    result = evaluate_suite(_load_judge(model_dir, batch_size), data, sections=sections, limit=limit,
+                            batch_size=batch_size)
+    text = json.dumps(result.to_dict(), indent=2)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "judge_suite.json").write_text(text + "\n")
+    click.echo(text if as_json else format_suite(result) + f"\n\nwrote {Path(out_dir) / 'judge_suite.json'}")
 
 
 @rm.command(name="score")
