@@ -9,7 +9,11 @@ The public API, by area (each name also lives in the module shown; see the docs 
 - models: ``load_model`` / ``load_tokenizer`` / ``add_lora``, the log-prob engine ``sequence_logps``, the
   fast path (``pack_batch``, ``packed_sequence_logps``, ``target_logps``), reward models;
 - training: ``load_config``, ``RunConfig``, ``Trainer``, ``run``;
-- evaluation: ``evaluate_reward_model`` and friends; the built-in demo ``run_demo``.
+- online and RL: ``run_online``, ``OnlineConfig``, ``SamplingSettings``, ``TorchSampler``, the judges,
+  ``RewardMix``, ``ALGORITHMS``;
+- evaluation: ``evaluate_reward_model`` and friends, ``ranking_accuracy`` / ``alignment_gap``, ``ches_scores``,
+  ``win_rate``, ``fit_bradley_terry``, ``evaluate_suite``, ``diagnose``, ``build_report``; the built-in demo
+  ``run_demo``.
 
 Names are resolved on first use (``prefkit.Trainer`` imports ``prefkit.train``), so ``import prefkit``
 and ``prefkit --version`` stay fast; the table below is the single list.
@@ -60,7 +64,17 @@ _EXPORTS: dict[str, str] = {
     "evaluate_reward_model": "prefkit.eval", "RewardEvalReport": "prefkit.eval",
     "expected_calibration_error": "prefkit.eval", "pairwise_accuracy": "prefkit.eval",
     "evaluate_margins": "prefkit.eval", "print_report": "prefkit.eval", "write_report": "prefkit.eval",
+    "ranking_accuracy": "prefkit.eval.ranking", "idealized_ranking_accuracy": "prefkit.eval.ranking",
+    "alignment_gap": "prefkit.eval.ranking", "likelihood_displacement": "prefkit.eval.displacement",
+    "ches_scores": "prefkit.eval.displacement", "win_rate": "prefkit.eval.winrate",
+    "fit_bradley_terry": "prefkit.eval.arena", "kendall_tau": "prefkit.eval.arena",
+    "evaluate_suite": "prefkit.eval.judge_suite", "build_report": "prefkit.eval.report",
+    "diagnose": "prefkit.data.diagnose",
     "run_demo": "prefkit.toy", "DemoResult": "prefkit.toy",
+    # online loop and RL
+    "run_online": "prefkit.online", "OnlineConfig": "prefkit.online", "SamplingSettings": "prefkit.online",
+    "TorchSampler": "prefkit.online", "FunctionJudge": "prefkit.online", "RewardModelJudge": "prefkit.online",
+    "LMJudge": "prefkit.online", "RewardMix": "prefkit.online", "ALGORITHMS": "prefkit.online",
 }
 
 __all__ = ["__version__", "PrefkitError", "DataError", "ConfigError", *sorted(_EXPORTS)]
