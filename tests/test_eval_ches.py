@@ -116,6 +116,7 @@ def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "full": dpo(train, "full"), "filtered": dpo(kept, "filtered")}
 
 
+@pytest.mark.slow  # two DPO runs and CHES over 2,400 toy pairs: minutes on 2 cores
 def test_top_ches_decile_loses_more_chosen_likelihood(toy_runs: dict[str, Any]) -> None:
     """After DPO on all pairs, the chosen log-prob falls more on the top CHES decile than the bottom one;
     training without the top 10% keeps more chosen likelihood on the pairs both runs trained on.
@@ -133,6 +134,7 @@ def test_top_ches_decile_loses_more_chosen_likelihood(toy_runs: dict[str, Any]) 
     assert full < filtered
 
 
+@pytest.mark.slow  # shares the toy runs above
 def test_displacement_tracker_and_metrics_curve(toy_runs: dict[str, Any]) -> None:
     """The tracker is 0 for the reference itself; the curve read off metrics.jsonl (eval/rewards/chosen / β)
     ends where a direct measurement on the same eval pairs does."""
