@@ -123,6 +123,25 @@ def test_reward_model_judge_scalar_equals_model_score():
     assert prefs.method == PAIRWISE_NOTE and torch.allclose(prefs.probs, probs)
 
 
+def test_reward_model_judge_scores_empty_completions_as_the_worst_of_the_call():
+    """A policy that samples EOS first gives an empty completion: no record can hold it, so the judge gives
+    it the lowest score of the call (or empty_score) and lets it lose every comparison with a real one."""
+    model = _reward_model("scalar")
+    pairs = tiny_pairs(3)
+    prompts, a = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    judge = RewardModelJudge(model)
+    real = model.score(prompts, a)
+    got = judge.score(prompts + [prompts[0]], a + ["  "])
+    assert torch.allclose(got[:3], real, atol=1e-6) and float(got[3]) == pytest.approx(float(real.min()))
+    assert float(RewardModelJudge(model, empty_score=-5.0).score([prompts[0]], [""])[0]) == -5.0
+    assert judge.score([prompts[0]], [""]).tolist() == [0.0]
+    probs = judge.prefer(prompts, ["", a[1], ""], [a[0], "", " "])
+    assert probs.tolist() == [0.0, 1.0, 0.5]
+    mixed = judge.prefer(prompts[:2], [a[0], ""], [a[1], a[1]])
+    assert float(mixed[1]) == 0.0
+    assert torch.allclose(mixed[:1], judge.prefer(prompts[:1], a[:1], a[1:2]), atol=1e-6)
+
+
 def test_gpm_judge_is_pairwise_only_and_antisymmetric():
     model = _reward_model("gpm")
     pairs = tiny_pairs(4)

@@ -277,13 +277,20 @@ class RewardModelJudge:
     pairwise (``P(a ≻ b) = σ(r_a − r_b)``; for a tie head the probability given no tie). A GPM head is
     pairwise only: ``P(a ≻ b) = σ(v_aᵀ R v_b)`` (``head.preference_logits``), which can be intransitive.
     Inference runs in eval mode without gradients (``RewardModel.outputs_for``).
+
+    An empty (or whitespace-only) completion, which a policy produces when it samples EOS first, is not a
+    valid record, so the model never sees it: it scores ``empty_score`` when given, else the lowest score
+    of the other completions of the same call (0.0 when all are empty); in ``prefer`` it loses to any
+    non-empty completion (P = 0 or 1) and ties with another empty one (P = ½).
     """
 
     pairwise = True
 
-    def __init__(self, model: RewardModel, *, batch_size: int = 32, name: str | None = None):
+    def __init__(self, model: RewardModel, *, batch_size: int = 32, name: str | None = None,
+                 empty_score: float | None = None):
         self.model = model
         self.batch_size = batch_size
+        self.empty_score = empty_score
         self.pointwise = not isinstance(model.head, GPMHead)
         self.name = name or f"reward model ({model.head.kind} head)"
 
@@ -291,19 +298,42 @@ class RewardModelJudge:
         if not self.pointwise:
             raise ConfigError(f"judge {self.name!r} is pairwise only (a GPM head has no scalar score); use "
                               "preference_probs or an algorithm that compares pairs")
-        _check_lengths(prompts=prompts, completions=completions)
-        return self.model.score(list(prompts), list(completions), batch_size=self.batch_size)
+        n = _check_lengths(prompts=prompts, completions=completions)
+        keep = [i for i in range(n) if not _empty(completions[i])]
+        if len(keep) == n:
+            return self.model.score(list(prompts), list(completions), batch_size=self.batch_size)
+        scored = self.model.score([prompts[i] for i in keep], [completions[i] for i in keep],
+                                  batch_size=self.batch_size) if keep else torch.zeros(0)
+        low = self.empty_score if self.empty_score is not None else (float(scored.min()) if keep else 0.0)
+        out = torch.full((n,), low, dtype=scored.dtype if keep else torch.float32)
+        out[keep] = scored
+        return out
 
     @torch.no_grad()
     def prefer(self, prompts: Sequence[Prompt], a: Sequence[Completion], b: Sequence[Completion]) -> Tensor:
         n = _check_lengths(prompts=prompts, a=a, b=b)
         if n == 0:
             return torch.zeros(0)
-        out = self.model.outputs_for(list(prompts) * 2, [*a, *b], batch_size=self.batch_size)
+        empty_a = torch.tensor([_empty(x) for x in a])
+        empty_b = torch.tensor([_empty(x) for x in b])
+        both = ~(empty_a | empty_b)
+        probs = torch.where(empty_a & empty_b, 0.5, torch.where(empty_a, 0.0, 1.0)).float()
+        keep = both.nonzero().flatten().tolist()
+        if not keep:
+            return probs
+        m = len(keep)
+        out = self.model.outputs_for([prompts[i] for i in keep] * 2, [a[i] for i in keep] + [b[i] for i in keep],
+                                     batch_size=self.batch_size)
         device = next(self.model.head.parameters(), torch.zeros(0)).device
         out = _to(out, device)
-        logits = self.model.head.preference_logits(out.select(slice(0, n)), out.select(slice(n, 2 * n)))
-        return torch.sigmoid(logits.float()).cpu()
+        logits = self.model.head.preference_logits(out.select(slice(0, m)), out.select(slice(m, 2 * m)))
+        probs[keep] = torch.sigmoid(logits.float()).cpu()
+        return probs
+
+
+def _empty(completion: Completion) -> bool:
+    """Is this completion empty or whitespace only (no valid record can hold it)?"""
+    return not completion_text(completion).strip()
 
 
 # -- a causal LM as a generative judge -------------------------------------------------------------------
