@@ -14,7 +14,10 @@ an in-memory model, plus dtype and mixed precision), ``tokenizer`` (its vocabula
 special tokens), ``data`` (the records, plus how derived sequences such as KTO's mismatched pairs are
 built) and ``encoding`` (the ``EncodeConfig``). A run whose fingerprint matches reuses the table
 without loading any reference model; otherwise the table is recomputed, and the closest existing entry
-tells which parts changed. Files are written atomically (temporary file, then rename).
+tells which parts changed. Files are written atomically (temporary file, then rename). With several
+processes each computes every ``world_size``-th batch (:func:`compute_shard`) and the main process writes
+the gathered, sorted table (:func:`assemble_table`): the same file one process writes, under the same
+fingerprint (which does not depend on the number of processes).
 """
 
 from __future__ import annotations
@@ -82,12 +85,18 @@ class CachedReference:
         return SequenceLogps(logps, tokens)
 
 
-def compute_table(source: ReferenceSource, examples: Sequence[EncodedExample], pad_id: int, *,
-                  batch_size: int, device: torch.device | str = "cpu",
-                  autocast: Callable[[], Any] | None = None) -> Tensor:
-    """(len(examples), G) fp32 reference log-probs of every sequence, in dataset order."""
+def compute_shard(source: ReferenceSource, examples: Sequence[EncodedExample], pad_id: int, *,
+                  batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                  autocast: Callable[[], Any] | None = None) -> list[tuple[int, Tensor]]:
+    """This process's part of the table: ``(start, rows (B, G) fp32)`` for every ``world_size``-th batch.
+
+    Process ``rank`` runs batches ``rank``, ``rank + world_size``, ... of the ones one process would run
+    (``batch_size`` consecutive examples from ``start``), so each row comes out of the same padded batch
+    whatever the number of processes, and :func:`assemble_table` over all shards gives the
+    single-process table bit for bit.
+    """
     rows = []
-    for start in range(0, len(examples), batch_size):
+    for start in range(rank * batch_size, len(examples), world_size * batch_size):
         chunk = examples[start:start + batch_size]
         batch = collate(chunk, pad_id).to(device)
         idx = torch.arange(start, start + len(chunk))
@@ -96,8 +105,22 @@ def compute_table(source: ReferenceSource, examples: Sequence[EncodedExample], p
                 seq = source(batch, idx)
         else:
             seq = source(batch, idx)
-        rows.append(batch.group(seq.logps.float()).cpu())  # (B, G)
-    return torch.cat(rows) if rows else torch.zeros(0, 1)
+        rows.append((start, batch.group(seq.logps.float()).cpu()))  # (B, G)
+    return rows
+
+
+def assemble_table(shards: Iterable[Sequence[tuple[int, Tensor]]]) -> Tensor:
+    """Shards from :func:`compute_shard` (any order) -> the (num_examples, G) table, rows sorted by example."""
+    parts = sorted((part for shard in shards for part in shard), key=lambda part: part[0])
+    return torch.cat([rows for _, rows in parts]) if parts else torch.zeros(0, 1)
+
+
+def compute_table(source: ReferenceSource, examples: Sequence[EncodedExample], pad_id: int, *,
+                  batch_size: int, device: torch.device | str = "cpu",
+                  autocast: Callable[[], Any] | None = None) -> Tensor:
+    """(len(examples), G) fp32 reference log-probs of every sequence, in dataset order (one process)."""
+    return assemble_table([compute_shard(source, examples, pad_id, batch_size=batch_size, device=device,
+                                         autocast=autocast)])
 
 
 # -- fingerprints --------------------------------------------------------------------------------------
@@ -217,4 +240,5 @@ class ReferenceCache:
 
 
 __all__ = ["ReferenceSource", "ModelReference", "CachedReference", "ReferenceCache", "compute_table",
+           "compute_shard", "assemble_table",
            "hash_weights", "hash_tokenizer", "hash_records", "hash_settings", "cache_key", "PARTS"]

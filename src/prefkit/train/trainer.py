@@ -47,7 +47,8 @@ from prefkit.train.refcache import (
     ModelReference,
     ReferenceCache,
     ReferenceSource,
-    compute_table,
+    assemble_table,
+    compute_shard,
     hash_records,
     hash_settings,
     hash_tokenizer,
@@ -317,11 +318,16 @@ class Trainer:
             self._say(f"reference log-probs ({split}): cache hit {cache.path(parts).name}")
             return table
         self._say(f"reference log-probs ({split}): {cache.explain_miss(parts)}; computing")
+        # every process computes its batches; the main process writes the gathered table, all then load it
+        shard = compute_shard(self._model_reference(self._get_reference_model()), self.examples[split],
+                              self.encoder.pad_id, batch_size=cfg.reference.batch_size, rank=acc.process_index,
+                              world_size=acc.num_processes, device=self.device, autocast=acc.autocast)
+        shards: list[Any] = [shard]
+        if acc.num_processes > 1:
+            shards = [None] * acc.num_processes if acc.is_main_process else []
+            torch.distributed.gather_object(shard, shards if acc.is_main_process else None, dst=0)
         if acc.is_main_process:
-            source = self._model_reference(self._get_reference_model())
-            table = compute_table(source, self.examples[split], self.encoder.pad_id,
-                                  batch_size=cfg.reference.batch_size, device=self.device, autocast=acc.autocast)
-            cache.store(parts, table)
+            cache.store(parts, assemble_table(shards))
         acc.wait_for_everyone()
         return cache.load(parts)
 
