@@ -49,15 +49,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
-from prefkit.data.encode import EncodedExample, Encoder, TruncationReport, collate
+from prefkit.data.encode import EncodedExample, Encoder
 from prefkit.data.records import Rating, Record
-from prefkit.errors import ConfigError, DataError
+from prefkit.errors import ConfigError
 from prefkit.losses.rl import (
     Normalize,
     clipped_policy_loss,
@@ -73,12 +73,15 @@ from prefkit.models.packing import packed_hidden
 from prefkit.online.config import OnlineConfig
 from prefkit.online.context import RoundContext, as_completion
 from prefkit.online.rl import (
+    TableObjective,
     _check_common,
     _choice,
     _number,
     collect,
     completion_tokens,
     effective_kl_coef,
+    padded_rows,
+    per_token_rows,
     reward_metrics,
 )
 from prefkit.train.config import RunConfig
@@ -135,25 +138,13 @@ def old_logps_and_values(model: nn.Module, value_head: nn.Module, examples: list
                          batch_size: int = 64, chunk_size: int = 1024, packing: bool = True,
                          share_prefix: bool = True) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
     """Per example, the completion's per-token log-probs and values (eval mode, no gradients)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
-    try:
-        with torch.no_grad():
-            for s in range(0, len(examples), batch_size):
-                chunk = examples[s:s + batch_size]
-                batch = collate(chunk, pad_id).to(device)
-                seq, grid = logps_and_values(model, value_head, batch, chunk_size=chunk_size, packing=packing,
-                                             share_prefix=share_prefix)
-                logps, values = completion_tokens(seq, batch)[0], _left(seq, grid, batch)  # (B, L)
-                for b, ex in enumerate(chunk):
-                    n = len(ex.sequences[0].completion_ids)
-                    out.append((tuple(float(x) for x in logps[b, :n].cpu()),
-                                tuple(float(x) for x in values[b, :n].cpu())))
-    finally:
-        model.train(was_training)
-    return out
+
+    def step(batch: Batch) -> tuple[Tensor, Tensor]:
+        seq, grid = logps_and_values(model, value_head, batch, chunk_size=chunk_size, packing=packing,
+                                     share_prefix=share_prefix)
+        return completion_tokens(seq, batch)[0], _left(seq, grid, batch)  # (B, L) each
+
+    return [(rows[0], rows[1]) for rows in per_token_rows(model, examples, pad_id, step, batch_size=batch_size)]
 
 
 # -- the objective -------------------------------------------------------------------------------------------
@@ -172,23 +163,13 @@ class PPOTokens:
     returns: tuple[float, ...]
 
 
-def _padded(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
-    out = torch.zeros(len(rows), width, dtype=like.dtype, device=like.device)
-    for b, r in enumerate(rows):
-        k = min(len(r), width)
-        if k:
-            out[b, :k] = torch.tensor(list(r[:k]), dtype=like.dtype, device=like.device)
-    return out
-
-
 @dataclass
-class PPOObjective:
+class PPOObjective(TableObjective):
     """PPO's step over ``Rating`` records whose ``id`` keys ``table``: per sample, the clipped policy loss
     (:func:`~prefkit.losses.rl.clipped_policy_loss`, per-token advantages) + ``vf_coef`` × the clipped value
     loss (:func:`~prefkit.losses.rl.clipped_value_loss`), both normalised by ``normalize``; log-probs and
     values from one forward (:func:`logps_and_values`). No reference pass (the KL is in the rewards)."""
 
-    table: dict[str, PPOTokens]
     value_head: nn.Module
     clip: float = 0.2
     value_clip: float = 0.2
@@ -197,22 +178,7 @@ class PPOObjective:
     mean_tokens: float | None = None
     max_tokens: float | None = None
     detach_value: bool = True
-    chunk_size: int = 1024
-    packing: bool = True
-    share_prefix: bool = True
-    needs_reference: bool = False
-    token_logps: bool = False
-    kl_pairs: bool = False
-    tracks_reward_mean: bool = False
-
-    def prepare(self, examples: list[EncodedExample], seed: int,
-                report: TruncationReport | None = None) -> list[EncodedExample]:
-        for ex in examples:
-            entry = self.table.get(ex.id or "")
-            if ex.kind != "rating" or entry is None or tuple(ex.sequences[0].completion_ids) != entry.completion_ids:
-                raise DataError(f"PPO objective: example {ex.id!r} is not one of this round's samples as encoded "
-                                "for its old log-probs (a rating record with a known id and the same tokens)")
-        return examples
+    who: ClassVar[str] = "PPO objective"
 
     def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None, *,
                  reward_mean: float | None = None) -> StepOutput:
@@ -220,15 +186,10 @@ class PPOObjective:
                                      packing=self.packing, share_prefix=self.share_prefix, detach=self.detach_value)
         logps, present = completion_tokens(seq, batch)  # (B, L)
         values = _left(seq, grid, batch)  # (B, L)
-        entries = [self.table[i or ""] for i in (batch.example_ids or [])]
         width = logps.shape[1]
-
-        def column(field: str) -> Tensor:
-            return _padded([getattr(e, field) for e in entries], width, logps)  # (B, L)
-
-        mask = column("mask") * present
-        old, old_values, advantages, returns = column("old"), column("old_values"), column("advantages"), \
-            column("returns")
+        mask = self.column(batch, "mask", width, logps) * present  # (B, L)
+        old, old_values, advantages, returns = (self.column(batch, f, width, logps)
+                                                for f in ("old", "old_values", "advantages", "returns"))
         norm = {"normalize": self.normalize, "mean_tokens": self.mean_tokens, "max_tokens": self.max_tokens}
         pg = clipped_policy_loss(logps, old, advantages, mask, clip_low=self.clip, **norm)
         vf = clipped_value_loss(values, old_values, returns, mask, clip=self.value_clip, **norm)
@@ -296,7 +257,7 @@ def save_value_head(ctx: RoundContext, head: nn.Module) -> Path:
 
 
 def _float_rows(rows: Sequence[Sequence[float]], width: int) -> Tensor:
-    return _padded(rows, width, torch.zeros((), dtype=torch.float64))
+    return padded_rows(rows, width, torch.zeros((), dtype=torch.float64))
 
 
 @dataclass

@@ -49,9 +49,9 @@ text whose re-encoding differs from the sampled token ids is trained on its re-e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -109,7 +109,7 @@ def completion_tokens(seq: SequenceLogps, batch: Batch) -> tuple[Tensor, Tensor]
     return logps, valid.to(logps.dtype)
 
 
-def _padded(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
+def padded_rows(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor:
     """(B, width) tensor from per-row lists (zero-padded on the right)."""
     out = torch.zeros(len(rows), width, dtype=like.dtype, device=like.device)
     for b, r in enumerate(rows):
@@ -119,7 +119,7 @@ def _padded(rows: Sequence[Sequence[float]], width: int, like: Tensor) -> Tensor
     return out
 
 
-def _check_table(examples: list[EncodedExample], table: dict[str, SampleTokens], who: str) -> None:
+def _check_table(examples: list[EncodedExample], table: Mapping[str, Any], who: str) -> None:
     """Every example is a rating in ``table`` with the table's completion tokens (one-line DataError)."""
     for ex in examples:
         entry = table.get(ex.id or "")
@@ -132,20 +132,14 @@ def _check_table(examples: list[EncodedExample], table: dict[str, SampleTokens],
 
 
 @dataclass
-class PolicyGradientObjective:
-    """The clipped policy-gradient step of GRPO and RLOO (:func:`~prefkit.losses.rl.clipped_policy_loss`)
-    over ``Rating`` records whose ``score`` is the sample's advantage and whose ``id`` keys ``table`` (old
-    and reference per-token log-probs, loss mask: module docstring). The reference log-probs come from the
-    table (the reference is frozen), so the trainer runs no reference pass."""
+class TableObjective:
+    """What the objectives over one round's samples share: ``table`` maps each record id to its re-encoded
+    completion tokens (and what the step needs per token), ``prepare`` checks the examples against it, and
+    :meth:`completion_logps` runs the log-prob engine. Subclasses set ``who`` (for messages) and
+    ``__call__``; every other field is keyword-only."""
 
-    table: dict[str, SampleTokens]
-    clip_low: float = 0.2
-    clip_high: float | None = None
-    kl_coef: float = 0.0
-    kl_estimator: Estimator = "k3"
-    normalize: Normalize = "sequence"
-    mean_tokens: float | None = None
-    max_tokens: float | None = None
+    table: Mapping[str, Any]
+    _: KW_ONLY
     chunk_size: int = 1024
     packing: bool = True
     share_prefix: bool = True
@@ -153,22 +147,47 @@ class PolicyGradientObjective:
     token_logps: bool = False
     kl_pairs: bool = False
     tracks_reward_mean: bool = False
+    who: ClassVar[str] = "objective"
 
     def prepare(self, examples: list[EncodedExample], seed: int,
                 report: TruncationReport | None = None) -> list[EncodedExample]:
-        _check_table(examples, self.table, "policy-gradient objective")
+        _check_table(examples, self.table, self.who)
         return examples
+
+    def completion_logps(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(B, L) per-token completion log-probs and the (B, L) mask of real completion tokens."""
+        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=True, packing=self.packing,
+                             share_prefix=self.share_prefix)
+        return completion_tokens(seq, batch)
+
+    def column(self, batch: Batch, field: str, width: int, like: Tensor) -> Tensor:
+        """(B, width) the per-token ``field`` of each example's table entry, zero-padded."""
+        return padded_rows([getattr(self.table[i or ""], field) or () for i in (batch.example_ids or [])], width, like)
+
+
+@dataclass
+class PolicyGradientObjective(TableObjective):
+    """The clipped policy-gradient step of GRPO and RLOO (:func:`~prefkit.losses.rl.clipped_policy_loss`)
+    over ``Rating`` records whose ``score`` is the sample's advantage and whose ``id`` keys ``table`` (old
+    and reference per-token log-probs, loss mask: module docstring). The reference log-probs come from the
+    table (the reference is frozen), so the trainer runs no reference pass."""
+
+    clip_low: float = 0.2
+    clip_high: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: Estimator = "k3"
+    normalize: Normalize = "sequence"
+    mean_tokens: float | None = None
+    max_tokens: float | None = None
+    who: ClassVar[str] = "policy-gradient objective"
 
     def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None, *,
                  reward_mean: float | None = None) -> StepOutput:
-        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=True, packing=self.packing,
-                             share_prefix=self.share_prefix)
-        logps, present = completion_tokens(seq, batch)  # (B, L)
-        entries = [self.table[i or ""] for i in (batch.example_ids or [])]
+        logps, present = self.completion_logps(model, batch)  # (B, L)
         width = logps.shape[1]
-        old = _padded([e.old or () for e in entries], width, logps)  # (B, L)
-        mask = _padded([e.mask for e in entries], width, logps) * present  # (B, L)
-        ref = _padded([e.ref or () for e in entries], width, logps) if self.kl_coef != 0.0 else None
+        old = self.column(batch, "old", width, logps)  # (B, L)
+        mask = self.column(batch, "mask", width, logps) * present  # (B, L)
+        ref = self.column(batch, "ref", width, logps) if self.kl_coef != 0.0 else None
         advantages = batch.scores[:, 0].to(logps.dtype)  # (B,) the record's score is its advantage
         out = clipped_policy_loss(logps, old, advantages, mask, clip_low=self.clip_low, clip_high=self.clip_high,
                                   ref_logps=ref, kl_coef=self.kl_coef, kl_estimator=self.kl_estimator,
@@ -180,30 +199,16 @@ class PolicyGradientObjective:
 
 
 @dataclass
-class MaskedNLLObjective:
+class MaskedNLLObjective(TableObjective):
     """RSF's SFT step: the per-token negative log-likelihood of the completion, −Σ_t m_t·log π(y_t) / Σ_t m_t,
     over ``Rating`` records whose ``id`` keys ``table`` (the loss mask: module docstring). No reference."""
 
-    table: dict[str, SampleTokens]
-    chunk_size: int = 1024
-    packing: bool = True
-    share_prefix: bool = True
-    needs_reference: bool = False
-    token_logps: bool = False
-    kl_pairs: bool = False
-    tracks_reward_mean: bool = False
-
-    def prepare(self, examples: list[EncodedExample], seed: int,
-                report: TruncationReport | None = None) -> list[EncodedExample]:
-        _check_table(examples, self.table, "RSF objective")
-        return examples
+    who: ClassVar[str] = "RSF objective"
 
     def __call__(self, model: nn.Module, batch: Batch, reference: SequenceLogps | None, *,
                  reward_mean: float | None = None) -> StepOutput:
-        seq = sequence_logps(model, batch, chunk_size=self.chunk_size, token_logps=True, packing=self.packing,
-                             share_prefix=self.share_prefix)
-        logps, present = completion_tokens(seq, batch)  # (B, L)
-        mask = _padded([self.table[i or ""].mask for i in (batch.example_ids or [])], logps.shape[1], logps) * present
+        logps, present = self.completion_logps(model, batch)  # (B, L)
+        mask = self.column(batch, "mask", logps.shape[1], logps) * present
         nll = -(logps * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)  # (B,) log-likelihood negated: a loss
         return StepOutput(nll, {"nll": nll.detach().float()})
 
@@ -298,27 +303,39 @@ def collect(ctx: RoundContext, rewards: str, truncated: str, *, old: bool, ref: 
     return RoundSamples(batch, torch.stack([x.double() for x in numbers]), keys, table, what, masked)
 
 
-def token_logps(model: nn.Module, examples: list[EncodedExample], pad_id: int, *, batch_size: int = 64,
-                chunk_size: int = 1024, packing: bool = True, share_prefix: bool = True) -> list[tuple[float, ...]]:
-    """Per example, the per-token completion log-probs under ``model`` (teacher-forced with the trainer's
-    engine, eval mode, no gradients)."""
+def per_token_rows(model: nn.Module, examples: list[EncodedExample], pad_id: int,
+                   step: Callable[[Batch], Sequence[Tensor]], *, batch_size: int = 64) -> list[tuple[tuple[float, ...], ...]]:
+    """Run ``step`` (batch -> (B, L) completion-aligned tensors) over ``examples`` in batches, in eval mode
+    without gradients; per example, each tensor's row cut to the example's completion length."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[tuple[float, ...]] = []
+    out: list[tuple[tuple[float, ...], ...]] = []
     try:
         with torch.no_grad():
             for s in range(0, len(examples), batch_size):
                 chunk = examples[s:s + batch_size]
                 batch = collate(chunk, pad_id).to(device)
-                seq = sequence_logps(model, batch, chunk_size=chunk_size, token_logps=True, packing=packing,
-                                     share_prefix=share_prefix)
-                logps, _ = completion_tokens(seq, batch)  # (B, L)
+                grids = [g.cpu() for g in step(batch)]
                 for b, ex in enumerate(chunk):
-                    out.append(tuple(float(x) for x in logps[b, :len(ex.sequences[0].completion_ids)].cpu()))
+                    n = len(ex.sequences[0].completion_ids)
+                    out.append(tuple(tuple(float(x) for x in g[b, :n]) for g in grids))
     finally:
         model.train(was_training)
     return out
+
+
+def token_logps(model: nn.Module, examples: list[EncodedExample], pad_id: int, *, batch_size: int = 64,
+                chunk_size: int = 1024, packing: bool = True, share_prefix: bool = True) -> list[tuple[float, ...]]:
+    """Per example, the per-token completion log-probs under ``model`` (teacher-forced with the trainer's
+    engine, eval mode, no gradients)."""
+
+    def step(batch: Batch) -> tuple[Tensor]:
+        seq = sequence_logps(model, batch, chunk_size=chunk_size, token_logps=True, packing=packing,
+                             share_prefix=share_prefix)
+        return (completion_tokens(seq, batch)[0],)
+
+    return [rows[0] for rows in per_token_rows(model, examples, pad_id, step, batch_size=batch_size)]
 
 
 def reward_metrics(ctx: RoundContext, samples: RoundSamples) -> dict[str, Any]:
