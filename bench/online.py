@@ -52,6 +52,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from online_generate import best_times  # bench/ is on sys.path when a bench script runs
 
 from prefkit.online import FunctionJudge, OnlineConfig, SamplingSettings, TorchSampler, run_online
 from prefkit.testing import tiny_llama, tiny_tokenizer
@@ -111,16 +112,7 @@ def bench_generation(folder: Path, prompts: list[str], g: int, max_new: int, rep
                                  top_p=1.0, max_new_tokens=max_new, num_return_sequences=g)
         return (out.shape[1] - width) * out.shape[0]
 
-    best = {"sampler": (float("inf"), 0.0), "generate": (float("inf"), 0.0)}
-    ours(), theirs()  # warm-up
-    for _ in range(repeats):
-        for engine, fn in (("sampler", ours), ("generate", theirs)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            made = fn()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            assert made == tokens, (engine, made, tokens)
-            if wall < best[engine][0]:
-                best[engine] = (wall, cpu)
+    best = best_times(ours, theirs, tokens, repeats)
     (sw, sc), (gw, gc) = best["sampler"], best["generate"]
     return {"tokens": tokens, "sampler_tok_s": tokens / sw, "generate_tok_s": tokens / gw,
             "sampler_tok_s_cpu": tokens / sc, "generate_tok_s_cpu": tokens / gc,

@@ -34,6 +34,22 @@ SETTINGS = {
 }
 
 
+def best_times(ours, theirs, tokens: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Time the two engines ``repeats`` times each, alternating, after one warm-up call each; per engine
+    the best wall time and the process CPU time of that call. Each call must return ``tokens``."""
+    best = {"sampler": (float("inf"), 0.0), "generate": (float("inf"), 0.0)}
+    ours(), theirs()  # warm-up
+    for _ in range(repeats):
+        for engine, fn in (("sampler", ours), ("generate", theirs)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            made = fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            assert made == tokens, (engine, made, tokens)
+            if wall < best[engine][0]:
+                best[engine] = (wall, cpu)
+    return best
+
+
 def _generate_kwargs(setting: dict, max_new: int, n: int, tokenizer) -> dict:
     t = setting["temperature"]
     extra = dict(stop_strings=list(setting["stop"]), tokenizer=tokenizer) if "stop" in setting else {}
@@ -92,17 +108,7 @@ def main() -> None:
                                      **gen_kwargs)
             return (out.shape[1] - width) * out.shape[0]
 
-        best = {"sampler": (float("inf"), 0.0), "generate": (float("inf"), 0.0)}
-        ours(), theirs()  # warm-up
-        for _ in range(args.repeats):
-            for engine, fn in (("sampler", ours), ("generate", theirs)):
-                wall, cpu = time.perf_counter(), time.process_time()
-                made = fn()
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                assert made == tokens, (engine, made, tokens)
-                if wall < best[engine][0]:
-                    best[engine] = (wall, cpu)
-        rows.append((name, best))
+        rows.append((name, best_times(ours, theirs, tokens, args.repeats)))
 
     print()
     print("| setting | sampler tok/s (wall) | generate tok/s (wall) | ratio (wall) | ratio (CPU time) |")
