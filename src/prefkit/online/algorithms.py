@@ -55,11 +55,11 @@ from torch import Tensor
 
 from prefkit.data.encode import EncodedSequence, Encoder
 from prefkit.data.records import Pair, Prompt, Ranking, Rating, Record, Unpaired
-from prefkit.errors import ConfigError, DataError, check_known_keys
+from prefkit.errors import ConfigError, check_known_keys
 from prefkit.losses import LOSSES, get_loss, names_of, validate_loss_params
 from prefkit.losses.online import nash_md_pg, sppo_sample_loss
 from prefkit.online.config import OnlineConfig, PairBuilding
-from prefkit.online.context import RoundContext, as_completion
+from prefkit.online.context import RoundContext, as_completion, merge_duplicates, usable, weighted
 from prefkit.online.judges import PAIRWISE_NOTE, POINTWISE_NOTE
 from prefkit.online.objectives import ExplorationObjective, SampleObjective
 from prefkit.online.ppo import PPO
@@ -83,15 +83,6 @@ class Algorithm(Protocol):
 
 
 # -- record building -----------------------------------------------------------------------------------
-
-
-def usable(prompt: Prompt, text: str) -> bool:
-    """Can this text be a record's completion (not empty, valid text)?"""
-    try:
-        Pair(prompt, as_completion(prompt, text), as_completion(prompt, text + " x"))
-    except DataError:
-        return False
-    return True
 
 
 def build_records(prompt: Prompt, texts: Sequence[str], scores: Tensor, mode: PairBuilding,
@@ -195,24 +186,6 @@ class OnlineDPO:
 
 
 # -- helpers of the game-theoretic plug-ins -------------------------------------------------------------
-
-
-def weighted(records: Sequence[tuple[Record, float]]) -> list[Record]:
-    """Records with counts (merging identical ones) as records weighted by count · (n / total), n the number
-    of records returned, so the trainer's mean over the round (Σ weight·loss / n) is the count-weighted mean
-    over all of them (same loss and gradient, fewer sequences)."""
-    counts: dict[Record, float] = {}
-    for r, c in records:
-        counts[r] = counts.get(r, 0.0) + c
-    counts = {r: c for r, c in counts.items() if c > 0}
-    scale = len(counts) / max(sum(counts.values()), 1e-12)
-    return [dataclasses.replace(r, weight=r.weight * c * scale) for r, c in counts.items()]
-
-
-def merge_duplicates(records: list[Record]) -> list[Record]:
-    """Identical records merged into one, weighted by its count (:func:`weighted`); a no-op when all
-    records differ, as with free text."""
-    return weighted([(r, 1.0) for r in records])
 
 
 def preference_note(judge: Any) -> str:

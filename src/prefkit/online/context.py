@@ -31,7 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from prefkit.data.records import Message, Prompt, Record
+from prefkit.data.records import Message, Pair, Prompt, Record
+from prefkit.errors import DataError
 from prefkit.online.config import OnlineConfig
 from prefkit.online.judges import Judge, judge_scores, preference_matrix, preference_probs
 from prefkit.online.sampler import SampleBatch, SamplingSettings, TorchSampler
@@ -45,6 +46,33 @@ Source = Literal["policy", "reference", "mixture"]
 def as_completion(prompt: Prompt, text: str) -> Any:
     """A sample's text as a prefkit completion: the text, or one assistant message for a chat prompt."""
     return (Message("assistant", text),) if isinstance(prompt, tuple) else text
+
+
+def usable(prompt: Prompt, text: str) -> bool:
+    """Can this text be a record's completion (not empty, valid text)?"""
+    try:
+        Pair(prompt, as_completion(prompt, text), as_completion(prompt, text + " x"))
+    except DataError:
+        return False
+    return True
+
+
+def weighted(records: Sequence[tuple[Record, float]]) -> list[Record]:
+    """Records with counts (merging identical ones) as records weighted by count · (n / total), n the number
+    of records returned, so the trainer's mean over the round (Σ weight·loss / n) is the count-weighted mean
+    over all of them (same loss and gradient, fewer sequences)."""
+    counts: dict[Record, float] = {}
+    for r, c in records:
+        counts[r] = counts.get(r, 0.0) + c
+    counts = {r: c for r, c in counts.items() if c > 0}
+    scale = len(counts) / max(sum(counts.values()), 1e-12)
+    return [dataclasses.replace(r, weight=r.weight * c * scale) for r, c in counts.items()]
+
+
+def merge_duplicates(records: list[Record]) -> list[Record]:
+    """Identical records merged into one, weighted by its count (:func:`weighted`); a no-op when all
+    records differ, as with free text."""
+    return weighted([(r, 1.0) for r in records])
 
 
 def tag_seed(seed: int, round_index: int, tag: str) -> int:
@@ -260,4 +288,4 @@ def stack_numbers(numbers: list[Tensor]) -> Tensor:
     return torch.cat(numbers) if numbers else torch.zeros(0)
 
 
-__all__ = ["RoundContext", "Source", "as_completion", "prompt_sample_texts", "stack_numbers", "sequence_logprobs", "tag_seed"]
+__all__ = ["RoundContext", "Source", "as_completion", "usable", "weighted", "merge_duplicates", "prompt_sample_texts", "stack_numbers", "sequence_logprobs", "tag_seed"]

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
 from prefkit.data.encode import EncodedExample, Encoder, TruncationReport, collate
-from prefkit.data.records import Prompt, Rating, Record
+from prefkit.data.records import Rating, Record
 from prefkit.errors import ConfigError, DataError
 from prefkit.losses import LOSSES, validate_loss_params
 from prefkit.losses.rewards import rsf_select, spo_rewards
@@ -72,7 +72,7 @@ from prefkit.losses.rl import (
 )
 from prefkit.models.logprobs import SequenceLogps, sequence_logps
 from prefkit.online.config import OnlineConfig
-from prefkit.online.context import RoundContext, as_completion
+from prefkit.online.context import RoundContext, as_completion, usable, weighted
 from prefkit.online.judges import judge_name
 from prefkit.online.sampler import SampleBatch
 from prefkit.train.config import RunConfig
@@ -232,15 +232,6 @@ class RoundSamples:
     """Samples whose appended EOS is left out of the loss."""
 
 
-def _usable(prompt: Prompt, text: str) -> bool:
-    """Can ``text`` be a record's completion (not empty, valid text)?"""
-    try:
-        Rating(prompt, as_completion(prompt, text), score=0.0)
-    except DataError:
-        return False
-    return True
-
-
 def judge_rewards(ctx: RoundContext, batch: SampleBatch, mode: str) -> tuple[list[Tensor], str]:
     """Per prompt, (G,) rewards and their kind, logged to ``rounds/NNNN.jsonl`` (module docstring)."""
     if mode == "judge":
@@ -271,7 +262,7 @@ def collect(ctx: RoundContext, rewards: str, truncated: str, *, old: bool, ref: 
         i = k // g
         p = ctx.prompts[i]
         ended = c.stop_reason == "eos"
-        if not _usable(p, c.text) or (truncated == "drop" and not ended):
+        if not usable(p, c.text) or (truncated == "drop" and not ended):
             keys.append(None)
             continue
         key = (tuple(ctx.prompt_ids[i]), c.text, ended)
@@ -356,22 +347,13 @@ def _records(ctx: RoundContext, samples: RoundSamples, values: Tensor, chosen: S
     over records is the mean over samples."""
     g = ctx.online.samples_per_prompt
     flat = values.flatten().tolist()
-    counts: dict[tuple[int, str, float], float] = {}
-    first: dict[tuple[int, str, float], int] = {}
+    counted: list[tuple[Record, float]] = []
     for k in (range(len(samples.keys)) if chosen is None else chosen):
         key = samples.keys[k]
-        if key is None:
-            continue
-        idx = (k // g, key, flat[k])
-        counts[idx] = counts.get(idx, 0.0) + 1.0
-        first.setdefault(idx, k)
-    scale = len(counts) / max(sum(counts.values()), 1.0)
-    out: list[Record] = []
-    for idx, n in counts.items():
-        c = samples.batch.completions[first[idx]]
-        p = ctx.prompts[idx[0]]
-        out.append(Rating(p, as_completion(p, c.text), score=idx[2], id=idx[1], weight=n * scale))
-    return out
+        if key is not None:
+            p = ctx.prompts[k // g]
+            counted.append((Rating(p, as_completion(p, samples.batch.completions[k].text), score=flat[k], id=key), 1.0))
+    return weighted(counted)
 
 
 # -- options -------------------------------------------------------------------------------------------------
