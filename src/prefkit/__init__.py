@@ -3,7 +3,8 @@
 The public API, by area (each name also lives in the module shown; see the docs under ``docs/``):
 
 - data: ``load``, the records ``Pair`` / ``Ranking`` / ``Rating`` / ``Unpaired`` / ``Message``,
-  converters, writers, ``inspect_data``; encoding with ``Encoder`` / ``EncodeConfig`` / ``collate``;
+  converters, writers, ``inspect_data``, ``check_users``; synthetic persona users ``make_personas``;
+  encoding with ``Encoder`` / ``EncodeConfig`` / ``collate``;
 - losses: the registry ``LOSSES``, ``get_loss``, ``validate_loss_params``, the input types and the
   pairwise input transforms ``wpo_weights`` / ``ld_dpo``;
 - models: ``load_model`` / ``load_tokenizer`` / ``add_lora``, the log-prob engine ``sequence_logps``, the
@@ -37,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "convert": "prefkit.data", "ratings_to_pairs": "prefkit.data", "ranking_to_pairs": "prefkit.data",
     "pairs_to_unpaired": "prefkit.data", "attributes_to_score": "prefkit.data", "write": "prefkit.data",
     "write_jsonl": "prefkit.data", "write_parquet": "prefkit.data",
+    "make_personas": "prefkit.data", "PersonaConfig": "prefkit.data", "Personas": "prefkit.data",
+    "read_statements": "prefkit.data", "check_users": "prefkit.data",
     "Encoder": "prefkit.data.encode", "EncodeConfig": "prefkit.data.encode", "collate": "prefkit.data.encode",
     "Batch": "prefkit.data.batch",
     # losses

@@ -10,7 +10,9 @@ from typing import Any
 import click
 
 from prefkit.data.convert import RANKING_STRATEGIES, RATING_STRATEGIES, SKIP_REASONS, convert
+from prefkit.data.personas import MIXTURE_STANCES, NOISES, PROMPT, make_personas
 from prefkit.data.readers import FORMATS, Records, read
+from prefkit.data.records import Pair
 from prefkit.data.summary import inspect_data
 from prefkit.data.writers import write
 from prefkit.errors import ConfigError, DataError, PrefkitError
@@ -128,6 +130,10 @@ def inspect_cmd(file: str, fmt: str, columns: tuple[str, ...], tokenizer: str | 
     click.echo(f"{file}: {report['records']} records from {records.rows} rows ({kinds})")
     click.echo(f"users: {report['users']} ({report['records_with_user']} records with a user id); "
                f"ties: {report['ties']}; chat records: {report['chat_records']}")
+    if report["records_per_user"]:
+        u = report["records_per_user"]
+        unit = "pairs" if all(isinstance(r, Pair) for r in records if r.user_id is not None) else "records"
+        click.echo(f"{unit} per user: min {u['min']}, median {u['median']}, max {u['max']} (mean {u['mean']})")
     quirks = ", ".join(f"{k} {v}" for k, v in report["quirks"].items())
     click.echo(f"quirks kept and flagged: {quirks or 'none'}")
     for unit in ("chars", "tokens"):
@@ -323,6 +329,76 @@ def diagnose_cmd(file: str, models: tuple[str, ...], near: float, min_margin: fl
     _print_diagnosis(report, ensemble)
     if clean_out:
         click.echo(f"wrote {ensemble['written']} records to {clean_out}")
+
+
+def _count_or_fraction(value: str | None, flag: str) -> int | float | None:
+    """``"12"`` -> 12 (a count), ``"0.5"`` -> 0.5 (a fraction), None -> None."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} must be a count (e.g. 12) or a fraction (e.g. 0.5)") from None
+
+
+@data.command("personas")
+@click.option("--statements", required=True, metavar="FILE",
+              help="Persona statements (rows with trait, statement, expresses_trait, label_confidence).")
+@click.option("--groups", default=4, show_default=True, help="K, the number of groups.")
+@click.option("--users", default=100, show_default=True, help="Number of users.")
+@click.option("--pairs-per-user", default=40, show_default=True, help="Pairs each user labels.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--out", required=True, metavar="FILE", help="Output (.jsonl, .jsonl.gz or .parquet).")
+@click.option("--disagree", default=None, metavar="N|F",
+              help="Traits the groups disagree on: a count (16) or a fraction (0.5). Default: all.")
+@click.option("--traits", default=None, metavar="A,B,...", help="Use only these traits.")
+@click.option("--group-shares", default=None, metavar="W,W,...", help="Relative group sizes, e.g. 0.8,0.2.")
+@click.option("--mixture", type=float, default=None, metavar="ALPHA",
+              help="Users mix the groups with Dirichlet(ALPHA) weights (PAL-style).")
+@click.option("--mixture-stance", type=click.Choice(MIXTURE_STANCES), default="majority", show_default=True,
+              help="A mixture user's stance: weighted majority, or drawn per pair.")
+@click.option("--heldout", default="0", show_default=True, metavar="N|F",
+              help="Held-out (unseen) users: a count or a fraction of --users.")
+@click.option("--noise", type=click.Choice(NOISES), default="none", show_default=True,
+              help="'confidence': label noise from the statements' label_confidence.")
+@click.option("--flip", default=0.0, show_default=True, help="Also flip each answer with this probability.")
+@click.option("--pairs-per-trait", type=int, default=None, help="Pool size per trait (pairs shared by users).")
+@click.option("--prompt", default=PROMPT, show_default=True, help="The question every pair asks.")
+@click.option("--summary", "summary_out", default=None, metavar="JSON", help="Also write the summary as JSON.")
+def personas_cmd(statements: str, groups: int, users: int, pairs_per_user: int, seed: int, out: str,
+                 disagree: str | None, traits: str | None, group_shares: str | None, mixture: float | None,
+                 mixture_stance: str, heldout: str, noise: str, flip: float, pairs_per_trait: int | None,
+                 prompt: str, summary_out: str | None) -> None:
+    """Synthetic users with conflicting preferences from persona statements (prefkit.data.personas)."""
+    shares = None
+    if group_shares:
+        try:
+            shares = tuple(float(x) for x in group_shares.split(","))
+        except ValueError:
+            raise ConfigError(f"--group-shares {group_shares!r} must be numbers separated by commas, "
+                              "e.g. 0.8,0.2") from None
+    if not out.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+        raise ConfigError(f"--out {out!r}: write .jsonl, .jsonl.gz or .parquet")
+    _check_type(statements)
+    result = make_personas(
+        statements, groups=groups, users=users, pairs_per_user=pairs_per_user, seed=seed,
+        disagree_traits=_count_or_fraction(disagree, "--disagree"),
+        traits=tuple(t.strip() for t in traits.split(",")) if traits else None, group_shares=shares,
+        mixture=mixture, mixture_stance=mixture_stance, heldout=_count_or_fraction(heldout, "--heldout"),
+        noise=noise, flip=flip, pairs_per_trait=pairs_per_trait, prompt=prompt)
+    n = write(result.records, out)
+    summary = result.summary()
+    click.echo(result.table())
+    click.echo(f"wrote {n} pairs for {summary['users']} users ({summary['heldout_users']} held out; group sizes "
+               f"{summary['group_sizes']}) over {summary['traits']} traits ({summary['disagreeing_traits']} "
+               f"disagreeing) to {out}; {summary['flipped']} answers flipped by noise")
+    if summary_out:
+        Path(summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+        click.echo(f"wrote {summary_out}")
 
 
 commands: dict[str, click.Command] = {"data": data}

@@ -13,6 +13,7 @@ from prefkit.data.convert import (
     to_pairs,
     to_trl,
 )
+from prefkit.data.personas import PersonaConfig, Personas, Statement, make_personas, read_statements
 from prefkit.data.readers import FORMATS, Records, load, read, row_to_records
 from prefkit.data.records import (
     Completion,
@@ -29,7 +30,7 @@ from prefkit.data.records import (
     num_chars,
     text_of,
 )
-from prefkit.data.summary import inspect_data
+from prefkit.data.summary import check_users, inspect_data
 from prefkit.data.writers import write, write_jsonl, write_parquet
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "Unpaired", "attributes_to_score", "convert", "from_trl", "inspect_data", "is_chat", "kind_of", "load",
     "num_chars", "pairs_to_unpaired", "ranking_to_pairs", "ratings_to_pairs", "read", "row_to_records",
     "text_of", "to_pairs", "to_trl", "write", "write_jsonl", "write_parquet",
+    "PersonaConfig", "Personas", "Statement", "check_users", "make_personas", "read_statements",
 ]

@@ -8,6 +8,9 @@ lengths use ``tokenizer(content, add_special_tokens=False)``, summed over messag
 
 Duplicates: ``duplicate_prompts`` counts records whose prompt already appeared in an earlier record of
 the same kind; ``duplicate_pairs`` counts pairs equal in (prompt, chosen, rejected) to an earlier one.
+
+Users: ``users`` counts distinct ``user_id``s, ``records_per_user`` gives n/mean/min/median/max of the
+records per user. ``check_users`` validates user ids for personalized training and evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prefkit.data.records import Completion, Pair, Ranking, Rating, Record, Unpaired, kind_of, num_chars
+from prefkit.errors import DataError
 
 
 def _stats(values: Sequence[int]) -> dict[str, float]:
@@ -76,6 +80,7 @@ def inspect_data(records: Iterable[Record], tokenizer: Any = None,
         "by_kind": dict(sorted(kinds.items())),
         "users": len(users),
         "records_with_user": sum(r.user_id is not None for r in records),
+        "records_per_user": _stats(list(Counter(r.user_id for r in records if r.user_id is not None).values())),
         "ties": ties,
         "chat_records": sum(not isinstance(r.prompt, str) for r in records),
         "quirks": dict(sorted(quirks.items())),
@@ -99,3 +104,40 @@ def inspect_data(records: Iterable[Record], tokenizer: Any = None,
     report["ratings_with_attributes"] = sum(bool(r.attributes) for r in records if isinstance(r, Rating))
     report["problems"] = dict(sorted((problems or {}).items()))
     return report
+
+
+def _names(ids: Iterable[str], most: int = 3) -> str:
+    ids = sorted(ids)
+    return ", ".join(repr(x) for x in ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def check_users(records: Iterable[Record], known_users: Iterable[str] | None = None, *,
+                required_users: Iterable[str] | None = None, what: str = "the records") -> Counter[str]:
+    """Check the user ids of a personalized job; returns records per user id.
+
+    Raises ``DataError`` (one line) when a record has no ``user_id``; when ``known_users`` (the users a
+    model was trained on) is given and a record's user is not among them (an unseen user at eval
+    time); when ``required_users`` is given and one of them has no record in ``records`` (e.g. a
+    training user with no pairs in this split). ``what`` names the records in messages ("the eval
+    split").
+    """
+    records = list(records)
+    missing = [i for i, r in enumerate(records) if r.user_id is None]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(records)} records in {what} have no user_id (first: record "
+                        f"{missing[0]}); a personalized model needs a user id on every record (field 'user_id', "
+                        "alias 'user')", field="user_id", reason="missing_field")
+    per_user: Counter[str] = Counter(r.user_id for r in records if r.user_id is not None)
+    if known_users is not None:
+        known = set(known_users)
+        unknown = [u for u in per_user if u not in known]
+        if unknown:
+            raise DataError(f"{len(unknown)} user(s) in {what} are unknown to the model ({_names(unknown)}; "
+                            f"it knows {len(known)} users); add each with model.add_user(user_id, shots) or "
+                            "train with their pairs", field="user_id", reason="unknown_user")
+    if required_users is not None:
+        empty = [u for u in dict.fromkeys(required_users) if not per_user[u]]
+        if empty:
+            raise DataError(f"{len(empty)} user(s) have no pairs in {what} ({_names(empty)}); give every user "
+                            "at least one pair there, or leave them out", field="user_id", reason="no_pairs")
+    return per_user
