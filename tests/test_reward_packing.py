@@ -1,6 +1,6 @@
 """The reward model's padding-free fast path: packed (and prompt-shared) pooled features equal the
 padded computation (fp32: values within 1e-5, gradients within 1e-4 of each tensor's largest entry),
-for every pooling and group size; encoders and left-padded rows run padded."""
+for every pooling and group size; non-BERT encoders and left-padded rows run padded."""
 
 from __future__ import annotations
 
@@ -80,12 +80,12 @@ def test_shared_prompt_is_encoded_once():
 
 
 def test_encoders_and_left_padding_run_padded(monkeypatch):
-    from transformers import BertConfig, BertModel
+    from transformers import RobertaConfig, RobertaModel
 
-    bert = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32))
-    model = RewardModel.from_backbone(bert)
-    assert "not a causal decoder" in model.fast_path_unsupported()
+    roberta = RobertaModel(RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=32))
+    model = RewardModel.from_backbone(roberta)  # positions from padding_idx + 1: not a packable encoder
+    assert "neither a causal decoder nor a packable encoder" in model.fast_path_unsupported()
     monkeypatch.setattr(packing, "_run_decoder", lambda *a, **k: pytest.fail("encoder was packed"))
     ids, mask = _rows(*SINGLE)
     model.features(ids, mask)  # padded, no call to the packed engine

@@ -4,6 +4,7 @@ The public API, by area (each name also lives in the module shown; see the docs 
 
 - data: ``load``, the records ``Pair`` / ``Ranking`` / ``Rating`` / ``Unpaired`` / ``Message``,
   converters, writers, ``inspect_data``, ``check_users``; synthetic persona users ``make_personas``;
+  user-conditioned prompts ``condition_on_users`` / ``UserConditioning``;
   encoding with ``Encoder`` / ``EncodeConfig`` / ``collate``;
 - losses: the registry ``LOSSES``, ``get_loss``, ``validate_loss_params``, the input types and the
   pairwise input transforms ``wpo_weights`` / ``ld_dpo``;
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "write_jsonl": "prefkit.data", "write_parquet": "prefkit.data",
     "make_personas": "prefkit.data", "PersonaConfig": "prefkit.data", "Personas": "prefkit.data",
     "read_statements": "prefkit.data", "check_users": "prefkit.data",
+    "condition_on_users": "prefkit.data", "UserConditioning": "prefkit.data",
     "Encoder": "prefkit.data.encode", "EncodeConfig": "prefkit.data.encode", "collate": "prefkit.data.encode",
     "Batch": "prefkit.data.batch",
     # losses

@@ -38,6 +38,7 @@ def online(config_path: str, resume: bool, overrides: tuple[str, ...]) -> None:
     from transformers.utils import logging as hf_logging
 
     from prefkit.online.jobs import load_job, run_job
+    from prefkit.online.sampler import Processes
     from prefkit.train.trl import flags_to_overrides
 
     job = load_job(config_path, flags_to_overrides(overrides))  # config errors surface here, before models load
@@ -45,6 +46,8 @@ def online(config_path: str, resume: bool, overrides: tuple[str, ...]) -> None:
     hf_logging.set_verbosity_error()  # bars, transformers warnings off
     out = Path(job.run.output.dir)
     history = run_job(job, resume=resume)  # the loop prints one progress line per round (train.progress)
+    if not Processes.current().main:  # several processes (accelerate launch): the main one reports
+        return
     if history:
         click.echo(summary_line(history[-1], job.online.rounds))
     files = ["rounds/", "metrics.jsonl"] + (["model/"] if job.run.output.save_model else [])

@@ -68,8 +68,21 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
     start = time.perf_counter()
     # The trainer's own periodic evaluation (eval/* metrics) only when asked for with train.eval_every;
     # the full report below covers the end of training.
-    model, _ = train_reward_model(cfg, resume=resume, train_records=train,
-                                  eval_records=evaluation if cfg.train.eval_every else None)
+    periodic = evaluation if cfg.train.eval_every else None
+    if cfg.reward is not None and cfg.reward.head == "maxmin":  # groups learned by EM, M-steps by the trainer
+        from collections import Counter
+
+        from prefkit.train.personal import fit_maxmin
+
+        if resume:
+            raise ConfigError("--resume: a maxmin head is fitted by EM (prefkit.train.personal.fit_maxmin), "
+                              "which starts afresh; run without --resume")
+        model, groups = fit_maxmin(cfg, train, eval_records=periodic, say=click.echo)
+        sizes = Counter(groups.values())
+        click.echo(f"MaxMin: {len(groups)} users in {len(sizes)} groups (sizes "
+                   + ", ".join(f"{g}: {n}" for g, n in sorted(sizes.items())) + ")")
+    else:
+        model, _ = train_reward_model(cfg, resume=resume, train_records=train, eval_records=periodic)
     click.echo(f"trained in {time.perf_counter() - start:.0f} s; model saved to {Path(cfg.output.dir) / 'model'}")
     if evaluation and not no_eval:
         report = evaluate_reward_model(model, evaluation, by=cfg.data.eval_by)
@@ -93,11 +106,17 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
 @click.option("--sections", "sections", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A suite's sections YAML (section: [files]); default DATA/sections.yaml, else sub-folders.")
 @click.option("--json", "as_json", is_flag=True, help="A suite: print the result as JSON instead of tables.")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Personalized model: adapt users it was not trained on from their first K pairs "
+                   "(few-shot add_user) and score their other pairs.")
 def eval_cmd(model_dir: str, data: str, out_dir: str, by: str | None, limit: int | None, batch_size: int,
-             bins: int, length_buckets: int, no_plots: bool, sections: str | None, as_json: bool) -> None:
+             bins: int, length_buckets: int, no_plots: bool, sections: str | None, as_json: bool,
+             shots: int | None) -> None:
     """Evaluate a reward model on the preference pairs in DATA: accuracy table (overall, per subset, per
     length bucket, beside the longer/shorter-wins baselines), calibration (ECE, reliability diagram),
-    margin histogram, tie accuracy.
+    margin histogram, tie accuracy. Records with ``user_id``: also accuracy per user (count, mean, min,
+    worst users) and per group (``metadata.group``); a personalized model (PAL, VPL, MaxMin) scores each
+    pair for its user, and users it was not trained on need ``--shots K``.
 
     DATA a folder: a judge suite (RewardBench-style; ``prefkit.eval.judge_suite``): accuracy per file and
     per section with 95% intervals, position consistency and length bias. MODEL_DIR is then a reward
@@ -106,16 +125,28 @@ def eval_cmd(model_dir: str, data: str, out_dir: str, by: str | None, limit: int
     if batch_size < 1 or bins < 1 or length_buckets < 1:
         raise ConfigError("--batch-size, --bins and --length-buckets must be >= 1")
     if Path(data).is_dir():
+        if shots:
+            raise ConfigError("--shots applies to a pairs file with user_id, not a suite folder")
         _eval_suite(model_dir, data, out_dir, limit, batch_size, sections, as_json)
         return
     if sections or as_json:
         raise ConfigError("--sections and --json apply to a suite folder; DATA is a file")
+    from prefkit.eval.personal import adapt_unseen_users, known_users
     from prefkit.eval.reward import evaluate_reward_model, print_report, write_report
 
     model = _load_model(model_dir)
     records = _load_data(data, limit)
+    records, adapted = adapt_unseen_users(model, records, shots)
+    if adapted["unseen_users"]:
+        click.echo(f"adapted {adapted['unseen_users']} unseen users from their first {shots} pairs "
+                   f"({adapted['shot_pairs']} pairs, not scored; {adapted['users_without_pairs_left']} users "
+                   "have no pair left to score)")
+    elif shots and known_users(model) is None:
+        click.echo("note: the model is user-blind (no personalized head); --shots has no effect")
     report = evaluate_reward_model(model, records, by=by, batch_size=batch_size, num_bins=bins,
                                    num_length_buckets=length_buckets)
+    if adapted["unseen_users"] and "personal" in report.data:
+        report.data["personal"]["adapted"] = adapted
     print_report(report)
     paths = write_report(report, out_dir, plots=not no_plots)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -3,6 +3,7 @@
 See ``docs/data.md``. Importing this package does not import torch (``batch``/``encode`` do).
 """
 
+from prefkit.data.condition import UserConditioning, condition_on_users, user_markers, users_of
 from prefkit.data.convert import (
     attributes_to_score,
     convert,
@@ -39,4 +40,5 @@ __all__ = [
     "num_chars", "pairs_to_unpaired", "ranking_to_pairs", "ratings_to_pairs", "read", "row_to_records",
     "text_of", "to_pairs", "to_trl", "write", "write_jsonl", "write_parquet",
     "PersonaConfig", "Personas", "Statement", "check_users", "make_personas", "read_statements",
+    "UserConditioning", "condition_on_users", "user_markers", "users_of",
 ]

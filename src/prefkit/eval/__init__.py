@@ -4,7 +4,9 @@
 - ``prefkit.eval.reward``: the reward-model report (accuracy tables beside length baselines,
   calibration, margins, ties) with ``print_report`` / ``write_report``;
 - ``prefkit.eval.plots``: reliability diagram and margin histogram PNGs;
-- ``prefkit.eval.best_of_n``: best-of-N selection with a reward model.
+- ``prefkit.eval.best_of_n``: best-of-N selection with a reward model;
+- ``prefkit.eval.personal``: personalized reward models: the user-blind ceiling, accuracy per user and
+  per group, unseen users' accuracy against shots, group recovery (ARI), the shots-curve plot.
 """
 
 from prefkit.eval.metrics import (

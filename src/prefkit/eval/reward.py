@@ -46,6 +46,7 @@ from prefkit.eval.metrics import (
     quantile_edges,
     sign_baseline_accuracy,
 )
+from prefkit.eval.personal import personal_report
 
 if TYPE_CHECKING:
     from prefkit.models.reward import RewardModel
@@ -204,12 +205,19 @@ def evaluate_reward_model(model: RewardModel, records: Sequence[Any], *, by: str
     pairs = [r for r in records if isinstance(r, Pair)]
     if not pairs:
         raise DataError("no preference pairs in the data; rm eval needs pair records (chosen/rejected)")
-    chosen, rejected = model.pair_outputs(pairs, batch_size=batch_size)
-    with torch.no_grad():
-        margins = model.head.preference_logits(chosen, rejected)
-        tie_probs = model.head.outcome_probs(chosen, rejected)[1] if isinstance(model.head, TieHead) else None
+    if getattr(model.head, "personal", False):  # each pair scored for its own user (prefkit.models.personal)
+        with torch.no_grad():
+            margins, tie_probs = model.pair_logits(pairs, batch_size=batch_size), None
+    else:
+        chosen, rejected = model.pair_outputs(pairs, batch_size=batch_size)
+        with torch.no_grad():
+            margins = model.head.preference_logits(chosen, rejected)
+            tie = isinstance(model.head, TieHead)
+            tie_probs = model.head.outcome_probs(chosen, rejected)[1] if tie else None
     report = evaluate_margins(margins, pairs, by=by, tie_probs=tie_probs, **kwargs)
     report.data["skipped_non_pairs"] = len(records) - len(pairs)
+    if any(r.user_id is not None for r in pairs) and any(not r.tie for r in pairs):
+        report.data["personal"] = personal_report(report.margins, pairs)
     return report
 
 
@@ -276,6 +284,8 @@ def print_report(report: RewardEvalReport, echo: Callable[[Any], None] | None = 
     cal, mar = d["calibration"], d["margins"]
     show(f"calibration: ECE {_fmt(cal['ece'])} (mean confidence {_fmt(cal['mean_confidence'])}); "
          f"margin mean {_fmt(mar['mean'])}, median {_fmt(mar['median'])}")
+    if "personal" in d:
+        print_personal(d["personal"], show)
     if "ties" in d:
         t = d["ties"]
         show(f"ties: {t['n']} pairs; three-way accuracy {_fmt(t['three_way_accuracy'])}, tie recall "
@@ -283,5 +293,28 @@ def print_report(report: RewardEvalReport, echo: Callable[[Any], None] | None = 
              f"vs strict {_fmt(t['mean_abs_margin_strict'])}")
 
 
-__all__ = ["RewardEvalReport", "evaluate_margins", "evaluate_reward_model", "write_report", "print_report",
+def print_personal(personal: dict[str, Any], echo: Callable[[Any], None] | None = None) -> None:
+    """The per-user summary (count, mean, min, worst users) and the per-group accuracy table of a
+    :func:`prefkit.eval.personal.personal_report`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    show = echo or Console().print
+    u = personal["users"]
+    if u.get("count"):
+        worst = ", ".join(f"{w['user']} {_fmt(w['accuracy'])} ({w['n']})" for w in u["worst"])
+        show(f"per user: {u['count']} users; accuracy mean {_fmt(u['mean'])}, median {_fmt(u['median'])}, "
+             f"min {_fmt(u['min'])}, max {_fmt(u['max'])}; worst: {worst}")
+    groups = personal["per_group"]
+    if set(groups) != {"(none)"}:
+        table = Table(title="Accuracy per group (metadata.group)")
+        for col in ("group", "n", "accuracy"):
+            table.add_column(col, justify="left" if col == "group" else "right")
+        for g, r in groups.items():
+            table.add_row(g, str(r["n"]), _fmt(r["accuracy"]))
+        show(table)
+
+
+__all__ = ["RewardEvalReport", "print_personal",
+           "evaluate_margins", "evaluate_reward_model", "write_report", "print_report",
            "group_value", "REPORT_JSON", "RELIABILITY_PNG", "MARGINS_PNG"]

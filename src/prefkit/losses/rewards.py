@@ -218,5 +218,42 @@ def spo_rewards(preference_matrix: Tensor) -> Tensor:
     return (preference_matrix * off_diagonal).sum(dim=2) / (group - 1)  # (B, G)
 
 
+def maxmin_weights(group_means: Tensor, *, temperature: float = 0.0) -> Tensor:
+    """The weights of the egalitarian (max-min) objective over K groups: the worst-off group's reward.
+
+    Formula (m_k = the mean reward of group k's reward function over the current samples):
+        objective:    max_π min_k E_{y~π}[r_k(x, y)]
+        τ = 0:        α_k = 1/|argmin_j m_j| on the worst group(s), 0 elsewhere (ties share evenly)
+        τ > 0:        α_k = softmax(−m/τ)_k   (the gradient of the soft minimum −τ·log Σ_k exp(−m_k/τ))
+    then the policy is trained on the reward r_n = Σ_k α_k·r_{n,k} (``combine_rewards``).
+
+    With τ = 0 each policy step ascends the reward of the group that is currently worst off, which is a
+    (super)gradient step on min_k E[r_k]; as τ → ∞ the weights tend to uniform (the plain mean over
+    groups, population weights left out). A small τ smooths the switching between nearly tied groups.
+
+    References:
+        Chakraborty et al. 2024, "MaxMin-RLHF: Alignment with Diverse Human Preferences", arXiv
+        2402.08925 (ICML 2024): the egalitarian policy objective max_π min_u F_{r_u}(π) over the group reward models
+        learned by EM, optimised by updating the policy with the reward of the group whose expected reward
+        is lowest at each iteration (equation and algorithm numbers not checked).
+
+    Shapes: ``group_means`` (K,), K ≥ 1, finite; returns (K,) non-negative weights summing to 1, of
+    ``group_means``' floating dtype. Sign convention: rewards higher = better. Deviations: the soft
+    minimum (τ > 0) is an option of ours, not in the paper.
+    """
+    name = "maxmin_weights"
+    if group_means.dim() != 1 or group_means.shape[0] < 1:
+        raise DataError(f"{name}: group_means must be (K,) with K >= 1, got shape {tuple(group_means.shape)}")
+    if not bool(torch.isfinite(group_means).all()):
+        raise DataError(f"{name}: group_means must be finite, got {group_means.tolist()}")
+    if not (temperature >= 0.0 and temperature < float("inf")):
+        raise ConfigError(f"{name}: temperature must be finite and >= 0; got {temperature}")
+    means = group_means if group_means.is_floating_point() else group_means.double()
+    if temperature > 0:
+        return torch.softmax(-means / temperature, dim=0)
+    worst = (means == means.min()).to(means.dtype)  # (K,) 1 on the worst group(s)
+    return worst / worst.sum()
+
+
 __all__ = ["combine_rewards", "lagrangian_rewards", "lagrange_update", "par_shaping", "clip_rewards",
-           "rsf_select", "spo_rewards"]
+           "rsf_select", "spo_rewards", "maxmin_weights"]

@@ -8,7 +8,9 @@ that runs one ``scaled_dot_product_attention`` call per segment instead:
 
 - an unshared sequence or a shared prompt: its own queries and keys, ``is_causal=True``;
 - completion g of a shared prompt: its queries against ``[prompt keys, its own keys]`` with a
-  lower-right causal mask (every prompt key visible, causal inside the completion).
+  lower-right causal mask (every prompt key visible, causal inside the completion);
+- a sequence of a bidirectional encoder (``Segments.bidirectional``): its queries against every key of
+  the sequence but its last token, without a mask (see :class:`Segments`).
 
 Nothing outside the segments is computed. Segments of the same shape (length, and shared-prompt
 length) are batched into one call, so the cost is one kernel launch per distinct shape and layer: a
@@ -25,8 +27,9 @@ to every attention layer through the forward kwargs (``prefkit_segments=...``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -55,16 +58,23 @@ class Segments:
     end) and scattered back, so a batch of many equally long sequences costs one call per layer. A
     short shared-prompt unit (prompt followed by its completions, at most :data:`SMALL_DOC_TOKENS`)
     runs as one block with its (prompt, completion) mask, batched with the units of equal piece lengths.
+
+    ``bidirectional`` (encoders; no shared prompts): a segment's queries see every key of the segment
+    except its last token, which no returned state depends on, as in a causal model (the packed engine
+    returns the state *before* each scored token; a reward model's pooling puts a placeholder token
+    there). A one-token segment sees itself.
     """
 
     spans: list[tuple[int, int, tuple[int, int] | None]]
+    bidirectional: bool = False
     _groups: list[_Group] | None = field(default=None, repr=False)
     _inverse: Tensor | None = field(default=None, repr=False)
+    _perm: Tensor | None = field(default=None, repr=False)  # the row in group order: one gather, then views
 
     def groups(self, device: torch.device) -> tuple[list[_Group], Tensor | None]:
         """Batched groups and the inverse of their query order (None: the identity); built once."""
         if self._groups is None and GRID_UNIT_TOKENS:
-            self._groups, self._inverse = _grid(self.spans, device)
+            self._groups, self._inverse = _grid(self.spans, device, self.bidirectional)
         if self._groups is None:
             completions: dict[tuple[int, int], list[tuple[int, int]]] = {}
             for start, stop, prompt in self.spans:
@@ -102,8 +112,14 @@ class Segments:
                                      mask.to(device) if isinstance(mask, Tensor) else mask))
                 order.append(q_idx)
             perm = torch.cat(order)
-            self._groups = groups
             identity = bool((perm == torch.arange(len(perm))).all())
+            if not identity and all(g.k_idx is None for g in groups):
+                # No shared prompts: gather q, k, v into group order once per layer (every group then a
+                # view) rather than once per group, whose backward adds n_groups full-row gradients.
+                offsets = itertools.accumulate((g.n * g.q_len for g in groups), initial=0)
+                groups = [replace(g, q0=o) for g, o in zip(groups, offsets, strict=False)]
+                self._perm = perm.to(device)
+            self._groups = groups
             self._inverse = None if identity else torch.empty_like(perm).scatter_(
                 0, perm, torch.arange(len(perm))).to(device)
         return self._groups, self._inverse
@@ -118,7 +134,7 @@ varied lengths otherwise make many tiny calls whose fixed cost dominates (measur
 still run on the packed tokens. 0 turns the grid off."""
 
 
-def _grid(spans: list[tuple[int, int, tuple[int, int] | None]], device: torch.device
+def _grid(spans: list[tuple[int, int, tuple[int, int] | None]], device: torch.device, bidirectional: bool = False
           ) -> tuple[list[_Group] | None, Tensor | None]:
     """One group covering every unit on a padded grid, or (None, None) when the per-shape groups are
     cheaper (a long unit, or a single shape: then one call already, on views)."""
@@ -157,8 +173,13 @@ def _grid(spans: list[tuple[int, int, tuple[int, int] | None]], device: torch.de
     valid = np.zeros(n * longest, dtype=bool)
     valid[dest] = True
     valid = valid.reshape(n, longest)
-    causal = np.tri(longest, dtype=bool)
-    mask = causal & ((seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])) & valid[:, None, :]
+    if bidirectional:  # every key of the unit but its last token
+        last = np.zeros(n * longest, dtype=bool)
+        last[np.array(piece_dest, dtype=np.int64) + lens - 1] = True
+        mask = np.repeat((valid & ~last.reshape(n, longest))[:, None, :], longest, axis=1)  # (n, Q, K)
+    else:
+        causal = np.tri(longest, dtype=bool)
+        mask = causal & ((seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])) & valid[:, None, :]
     mask |= np.eye(longest, dtype=bool)  # pad queries see themselves (finite; discarded)
     inverse = np.empty(len(src), dtype=np.int64)
     inverse[src] = dest  # row -> grid position
@@ -191,7 +212,9 @@ class _Group:
     q_idx: Tensor  # (n * q_len,) row positions of the queries
     k_idx: Tensor | None  # (n * k_len,) row positions of the keys; None: the queries' positions
     q0: int | None  # first query position when the blocks lie end to end (queries are then a view)
-    mask: object  # None: causal; a (q_len, k_len) or grid (n, 1, q_len, k_len) bool tensor, or a lower-right causal bias
+    # None: causal (bidirectional segments: no mask); a (q_len, k_len) or grid (n, 1, q_len, k_len) bool
+    # tensor, or a lower-right causal bias
+    mask: object
 
 
 def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -214,7 +237,11 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         value = value.repeat_interleave(n_rep, dim=1)
     p_drop = dropout if module.training else 0.0
     groups, inverse = prefkit_segments.groups(query.device)
+    bidirectional = prefkit_segments.bidirectional
     q_row, k_row, v_row = query[0], key[0], value[0]  # (H, L, D)
+    if prefkit_segments._perm is not None:  # (H, L, D) in group order
+        perm = prefkit_segments._perm
+        q_row, k_row, v_row = q_row.index_select(1, perm), k_row.index_select(1, perm), v_row.index_select(1, perm)
     heads, dim = q_row.shape[0], q_row.shape[-1]
 
     def blocks(x: Tensor, idx: Tensor, n: int, length: int, q0: int | None = None) -> Tensor:
@@ -233,7 +260,10 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         else:
             k = blocks(k_row, grp.k_idx, grp.n, grp.k_len)  # (n, H, K, D)
             v = blocks(v_row, grp.k_idx, grp.n, grp.k_len)
-        if grp.mask is None:
+        if grp.mask is None and bidirectional:  # every key of the segment but its last token
+            keys = max(grp.k_len - 1, 1)
+            o = F.scaled_dot_product_attention(q, k[:, :, :keys], v[:, :, :keys], scale=scaling, dropout_p=p_drop)
+        elif grp.mask is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=grp.q_len > 1, scale=scaling, dropout_p=p_drop)
         else:
             # A unit's (prompt, completion) mask, or lower-right causal (every prompt key, causal inside

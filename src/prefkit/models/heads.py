@@ -13,7 +13,8 @@
 Every head answers :meth:`RewardHead.preference_logits` ``(a, b) -> (B,)``, the log-odds that ``a`` is
 preferred to ``b`` (``r_a − r_b`` for the scalar heads), which evaluation and best-of-N use.
 :class:`RewardModelConfig` (saved with a model as ``reward_config.json``) picks the head, the pooling
-and the input length; :func:`make_head` builds the head it names.
+and the input length; ``prefkit.models.personal.make_head`` builds the head it names (the pluralistic
+heads live in that module).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from prefkit.errors import ConfigError, check_known_keys, did_you_mean
 from prefkit.losses import LOSSES
 
 Pooling = Literal["last", "mean", "cls"]
-HeadKind = Literal["scalar", "multi", "tie", "gpm"]
+HeadKind = Literal["scalar", "multi", "tie", "gpm", "pal", "vpl", "mixture", "maxmin"]
+PERSONAL_HEADS = ("pal", "vpl", "maxmin")
+"""Head kinds that condition on the user (``prefkit.models.personal``); ``"mixture"`` needs no user ids."""
 Gating = Literal["fixed", "learned", "contextual"]
 TieModel = str
 """A tie model is a registry tie loss (one whose ``LossSpec.head_params`` a tie head supplies)."""
@@ -50,29 +53,49 @@ class RewardOutput:
 
     rewards: (N,) scalar reward, higher = better (GPM: a norm-free summary, see :class:`GPMHead`).
     attributes: (N, A) attribute scores (multi-objective head), else None.
-    embeddings: (N, 2k) preference embeddings (GPM head), else None.
-    gate: (N, A) combination weights actually used (multi-objective head), else None.
+    embeddings: (N, 2k) preference embeddings (GPM head), or (N, C) the router's first-layer
+        activations (mixture head), else None.
+    gate: (N, A) combination weights actually used (multi-objective head), or (N, K) the user's router
+        offsets (mixture head), else None.
+    penalty: (N,) each row's share of a per-example regulariser that the training objective adds to
+        the example's loss (sum over the example's G rows; VPL: ``kl_weight · KL(q ‖ N(0, I)) / G``),
+        else None.
     """
 
     rewards: Tensor
     attributes: Tensor | None = None
     embeddings: Tensor | None = None
     gate: Tensor | None = None
+    penalty: Tensor | None = None
 
     def select(self, index: slice | Tensor) -> RewardOutput:
         """The same fields for a subset of rows."""
         return RewardOutput(*(None if v is None else v[index] for v in
-                              (self.rewards, self.attributes, self.embeddings, self.gate)))
+                              (self.rewards, self.attributes, self.embeddings, self.gate, self.penalty)))
 
 
 class RewardHead(nn.Module):
-    """Base of the heads: pooled features (N, H) -> :class:`RewardOutput`."""
+    """Base of the heads: pooled features (N, H) -> :class:`RewardOutput`.
+
+    ``personal`` heads (``prefkit.models.personal``) also take ``users`` (N,) user indices into their
+    ``users`` list; ``scalar_preference`` is False for heads whose pair log-odds are not a reward
+    difference (GPM, the mixture), which the training objective then feeds to the loss as
+    ``(s/2, −s/2)``.
+    """
 
     kind: HeadKind = "scalar"
+    personal: bool = False
+    """Whether :meth:`forward` takes ``users`` (a personal head; ``prefkit.models.personal``)."""
+    scalar_preference: bool = True
+    """Whether :meth:`preference_logits` is ``r_a − r_b`` of the ``rewards`` field."""
 
     def preference_logits(self, a: RewardOutput, b: RewardOutput) -> Tensor:
         """log P(a ≻ b) / P(b ≻ a) per example: ``r_a − r_b`` (B,). Antisymmetric in (a, b)."""
         return a.rewards - b.rewards
+
+    def finalize(self) -> None:
+        """Bring state that is derived during training up to date before saving (VPL: the training users'
+        latents); nothing for most heads."""
 
 
 class ScalarHead(RewardHead):
@@ -218,6 +241,7 @@ class GPMHead(RewardHead):
     """
 
     kind: HeadKind = "gpm"
+    scalar_preference = False
 
     def __init__(self, hidden_size: int, dim: int = 4, *, init_scale: float = 4.0):
         super().__init__()
@@ -248,7 +272,10 @@ class RewardModelConfig:
 
     head: HeadKind = "scalar"
     """``"scalar"`` (Bradley–Terry / regression / Plackett–Luce), ``"multi"`` (multi-objective),
-    ``"tie"`` (Rao–Kupper / Davidson tie-aware) or ``"gpm"`` (general preference model)."""
+    ``"tie"`` (Rao–Kupper / Davidson tie-aware), ``"gpm"`` (general preference model), or a
+    pluralistic head (``prefkit.models.personal``): ``"pal"`` (ideal points), ``"vpl"`` (variational
+    user latent), ``"mixture"`` (MiCRo-style mixture of K Bradley–Terry heads, no user ids) or
+    ``"maxmin"`` (one reward per user group, groups found by EM: ``prefkit.train.personal.fit_maxmin``)."""
 
     pooling: Pooling | None = None
     """``"last"``, ``"mean"`` or ``"cls"``; None picks ``"last"`` for decoders, ``"mean"`` for encoders."""
@@ -277,6 +304,38 @@ class RewardModelConfig:
     dropout: float = 0.0
     """Dropout on the pooled features before a scalar/tie head."""
 
+    components: int = 4
+    """K: PAL prototypes, mixture components, or MaxMin groups."""
+
+    user_dim: int = 16
+    """PAL: size d of the ideal-point space; VPL: size of the user latent z."""
+
+    head_hidden: int = 64
+    """Width of the hidden layer of the MLPs in the pal / vpl / mixture heads."""
+
+    users: tuple[str, ...] = ()
+    """Personal heads (pal, vpl, maxmin): the known user ids, in index order (the training users, then
+    any added with ``RewardModel.add_user``); filled from the training records when empty."""
+
+    kl_weight: float = 0.001
+    """VPL: β, the weight of ``KL(q(z | context) ‖ N(0, I))`` added to each example's Bradley–Terry loss
+    (larger values collapsed the latent on persona data with frozen MiniLM features)."""
+
+    max_context: int = 64
+    """VPL: most labelled pairs of a user's own training data in one sampled context (training draws a
+    size in 1..max_context per example: the example's own pair plus others of the same user)."""
+
+    frozen_backbone: bool = False
+    """Train only the head on cached pooled features: each distinct token sequence goes through the frozen
+    backbone once (``RewardModel.freeze_backbone``); required by ``vpl``; excludes LoRA."""
+
+    feature_cache_dir: str | None = None
+    """With ``frozen_backbone``: folder of the on-disk feature cache (safetensors, one file per backbone /
+    tokenizer / pooling / max_length fingerprint); None keeps the cache in memory only."""
+
+    feature_batch_size: int = 256
+    """With ``frozen_backbone``: sequences per backbone forward when filling the feature cache."""
+
     def __post_init__(self) -> None:
         for name, choices in (("head", get_args(HeadKind)), ("gating", get_args(Gating)),
                               ("tie_model", tuple(TIE_MODELS)), ("truncation_side", ("left", "right"))):
@@ -291,6 +350,17 @@ class RewardModelConfig:
             raise ConfigError(f"max_length must be at least 4, got {self.max_length}")
         if self.head == "multi" and not self.attributes:
             raise ConfigError("head 'multi' needs attributes: the names of the rating attributes to predict")
+        for name in ("components", "user_dim", "head_hidden", "max_context", "feature_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"reward.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            raise ConfigError(f"reward.kl_weight must be finite and >= 0, got {self.kl_weight}")
+        if self.head == "vpl" and not self.frozen_backbone:
+            raise ConfigError("head 'vpl' samples each user's context from the cached features of their own "
+                              "training pairs: set reward.frozen_backbone=true")
+        if len(set(self.users)) != len(self.users):
+            dup = next(u for u in self.users if self.users.count(u) > 1)
+            raise ConfigError(f"reward.users lists {dup!r} twice; user ids must be unique")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RewardModelConfig:
@@ -303,22 +373,10 @@ class RewardModelConfig:
                 raise ConfigError(f"reward.{old} is now {new} (the run's one LoRA section; 0 = off)")
         check_known_keys(values, [f.name for f in fields(cls)], "reward-model option")
         clean = dict(values)
-        for key in ("attributes", "weights"):
+        for key in ("attributes", "weights", "users"):
             if clean.get(key) is not None:
                 clean[key] = tuple(clean[key])
         return cls(**clean)
-
-
-def make_head(config: RewardModelConfig, hidden_size: int) -> RewardHead:
-    """The head ``config`` asks for, for features of size ``hidden_size``."""
-    if config.head == "scalar":
-        return ScalarHead(hidden_size, config.dropout)
-    if config.head == "multi":
-        return MultiObjectiveHead(hidden_size, len(config.attributes), gating=config.gating,
-                                  weights=config.weights)
-    if config.head == "tie":
-        return TieHead(hidden_size, config.tie_model, config.dropout)
-    return GPMHead(hidden_size, config.gpm_dim)
 
 
 def default_pooling(backbone_config: Any) -> Pooling:
@@ -329,4 +387,4 @@ def default_pooling(backbone_config: Any) -> Pooling:
 
 
 __all__ = ["Pooling", "HeadKind", "Gating", "TieModel", "TIE_MODELS", "DEFAULT_TIE_MODEL", "RewardOutput", "RewardHead", "ScalarHead",
-           "MultiObjectiveHead", "TieHead", "GPMHead", "RewardModelConfig", "make_head", "default_pooling"]
+           "MultiObjectiveHead", "TieHead", "GPMHead", "RewardModelConfig", "default_pooling", "PERSONAL_HEADS"]

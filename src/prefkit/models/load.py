@@ -15,6 +15,7 @@
   is an error when offline and left to the load (which downloads it) when online.
 - :func:`add_lora`: wrap a model with a fresh (or saved) LoRA adapter (peft).
 - :func:`frozen`: a model switched to eval mode with gradients off (a reference).
+- :func:`disable_dropout`: the model's own dropout off (the trainer's default, ``model.dropout``).
 - :func:`adapters_disabled`: context manager that runs a PEFT model without its adapters, the
   "reference = same model, adapters off" mode (no second copy).
 
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from prefkit.errors import ConfigError
+from prefkit.models.heads import RewardHead
 
 load_count = 0
 """How many models :func:`load_model` has loaded in this process."""
@@ -470,6 +472,38 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return frozen(copy.deepcopy(model))
 
 
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Turn off ``model``'s own dropout, as TRL's ``disable_dropout=True`` does; returns how many
+    dropout sites were turned off.
+
+    Every ``nn.Dropout`` gets ``p = 0`` (BERT's hidden and attention dropout: its SDPA path reads the
+    attention ``nn.Dropout``'s ``p``), and so does every float module attribute whose name contains
+    ``drop`` (``attention_dropout`` of Llama / Qwen / Mistral attention layers, which they pass to the
+    attention function; ``dropout``, ``activation_dropout``, ``layerdrop``). The dropout prefkit adds on
+    request is kept: LoRA's (``lora.dropout``, peft's ``lora_dropout`` modules) and a reward head's
+    (``reward.dropout``). The model's config is left as loaded, so a saved model keeps its settings; the
+    few architectures that read ``config.*dropout`` at forward time (Persimmon, ProphetNet, BLT) keep
+    that dropout.
+    """
+    kept = {id(m) for head in model.modules() if isinstance(head, RewardHead) for m in head.modules()}
+    count = 0
+    for name, module in model.named_modules():
+        if id(module) in kept or ".lora_dropout." in f".{name}.":
+            continue
+        if isinstance(module, DROPOUTS):
+            count += int(module.p > 0)
+            module.p = 0.0
+            continue
+        for attr, value in list(vars(module).items()):
+            if "drop" in attr and isinstance(value, float) and value > 0:
+                setattr(module, attr, 0.0)
+                count += 1
+    return count
+
+
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run a PEFT model with its adapters off (the base model); a plain model runs unchanged."""
@@ -482,5 +516,5 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 __all__ = ["check_model_files", "check_model_path", "check_tokenizer_path", "check_adapter_dir", "model_path_problem",
            "adapter_dir_problem", "hub_id", "hub_offline", "hub_cache", "hub_snapshot", "quiet_loading", "HUB_FILES",
-           "tokenizer_path_problem", "local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled",
+           "tokenizer_path_problem", "local_dir", "load_model", "load_tokenizer", "add_lora", "frozen", "frozen_copy", "adapters_disabled", "disable_dropout",
            "is_peft", "load_count", "DTYPES"]

@@ -62,6 +62,14 @@ prompt is shared) and ``seg`` (0 for the shared prompt or an unshared sequence, 
 ids: query q sees key k iff ``doc[q] == doc[k] and k <= q and (seg[k] == 0 or seg[k] == seg[q])``.
 
 Results come back per sequence in the batch's row order (``row g * B + b``), whatever the layout.
+
+**Bidirectional encoders** (the BERT family, :data:`PACKABLE_ENCODERS`; a reward model's backbone) pack
+too, without prompt sharing (a prompt token sees the completion): a plan with ``bidirectional=True``
+lets every token see the whole of its own sequence but the sequence's last token, the rule
+``doc[q] == doc[k] and (k is not the last token of its doc or k == q)``. The packed engine returns the
+state *before* each scored token, so no returned state ever depends on a sequence's last token, causal or
+not; a reward model's pooling (:func:`prefkit.models.reward_inputs.pooling_batch`) puts a placeholder
+there. Position ids restart at 0 per sequence and token type ids are 0, as in the padded rows.
 """
 
 from __future__ import annotations
@@ -142,6 +150,7 @@ class Plan:
     share_prefix: bool  # each example's shared prompt laid out once
     one_row: bool  # R = 1 without padding; else bin-packed rows
     segments: Segments | None = None  # one-row plans: the row's spans with their batched attention groups
+    bidirectional: bool = False  # encoder attention: a sequence's tokens see it all but its last token
 
 
 def _aligned(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -204,7 +213,7 @@ def _bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_tokens: int | None = None,
-             pad_id: int = 0) -> Plan:
+             pad_id: int = 0, bidirectional: bool = False) -> Plan:
     """The padding-free layout of ``batch`` (padded or packed); built on the CPU, moved to its device.
 
     Args:
@@ -215,16 +224,23 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
             backends); else bin-packed rows for dense masks (the ``dense`` backend).
         max_row_tokens: with ``one_row=False``, the row capacity (default: the longest packed unit).
         pad_id: with ``one_row=False``, the token id of the row padding.
+        bidirectional: for an encoder (see the module docstring); needs ``share_prefix=False``.
 
     The grid (B, G + 1, T): slot 0 holds the shared prompt of example b (from sequence 0), slot g + 1
     its sequence g from the end of the shared prompt on (the whole sequence when nothing is shared).
+    Without ``share_prefix`` every sequence is an example of its own (G = 1), so the one-row order sorts
+    all N sequences by length and equally long ones are adjacent (segment attention's views).
     Its included tokens in row-major order are the one-row layout; bin-packed rows move each packed
     unit (contiguous in that order) to its row and offset. Index arithmetic in numpy (its per-op cost
     is a fraction of torch's on these tiny arrays), then one tensor per field.
     """
+    if bidirectional and share_prefix:
+        raise ValueError("a bidirectional plan cannot share prefixes (prompt tokens would see completions)")
     ids, scored, lens, shared = _layout(batch, share_prefix)  # (N, T), (N, T), (N,), (B,)
     n_seq, width = ids.shape
-    g_size = batch.group_size
+    if not share_prefix:  # every sequence its own example: the one-row order then sorts all N by length
+        shared = np.zeros(n_seq, dtype=np.int64)
+    g_size = batch.group_size if share_prefix else 1
     b_size = n_seq // g_size
     cols = np.arange(width)
     ids_g, scored_g, lens_g = ids.reshape(g_size, b_size, width), scored.reshape(g_size, b_size, width), lens.reshape(g_size, b_size)
@@ -312,7 +328,7 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
             if prompt is not None:
                 spans.append((prompt[0], prompt[1], None))
             spans += [(a, a + n, prompt) for a, n in zip(begins[1:], lengths_b[1:], strict=True) if n]
-        segments = Segments(spans)
+        segments = Segments(spans, bidirectional=bidirectional)
     device = batch.input_ids.device
 
     def move(t: Tensor | np.ndarray) -> Tensor:
@@ -325,6 +341,7 @@ def plan_for(batch: Batch, *, share_prefix: bool, one_row: bool = True, max_row_
         seq_index=move(np.broadcast_to(grid_seq[..., None], include.shape).ravel()[where]), col_index=move(t_of),
         num_sequences=n_seq, max_len=batch.input_ids.shape[1] if batch.layout == "padded" else int(lens.max()),
         num_real_tokens=total, share_prefix=share_prefix, one_row=one_row, segments=segments,
+        bidirectional=bidirectional,
     )
 
 
@@ -355,14 +372,17 @@ def padded_is_cheaper(batch: Batch, share_prefix: bool) -> bool:
     return run_tokens > (1 - MIN_SAVING) * batch.input_ids.numel()
 
 
-"""Deprecated alias of :func:`padded_is_cheaper` (its former private name); to be removed."""
 
-
-def _dense_mask(doc: Tensor, seg: Tensor) -> Tensor:
-    """(R, 1, L, L) bool: q sees k iff same doc, k <= q, and k is prompt or in q's own segment."""
+def _dense_mask(doc: Tensor, seg: Tensor, bidirectional: bool = False) -> Tensor:
+    """(R, 1, L, L) bool: q sees k iff same doc, k <= q, and k is prompt or in q's own segment;
+    ``bidirectional``: iff same doc and k is not the doc's last token (or k == q)."""
     length = doc.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=doc.device).tril()  # (L, L)
     same_doc = doc[:, :, None] == doc[:, None, :]  # (R, L, L)
+    if bidirectional:  # docs are contiguous: a token is its doc's last where the next token's doc differs
+        last = doc != torch.nn.functional.pad(doc[:, 1:], (0, 1), value=-2)  # (R, L)
+        eye = torch.eye(length, dtype=torch.bool, device=doc.device)  # (L, L)
+        return (same_doc & (~last[:, None, :] | eye))[:, None]
     visible_seg = (seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])  # (R, L, L)
     return (same_doc & visible_seg & causal)[:, None]
 
@@ -409,7 +429,8 @@ def fast_path_unsupported(model: nn.Module) -> str | None:
 def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) -> AttentionKind:
     inner = unwrap(model)
     impl = str(getattr(inner.config, "_attn_implementation", "eager") or "eager")
-    if "flash" in impl and not share_prefix:
+    encoder = is_bidirectional(inner.config)  # varlen and flex masks are causal: segments or dense
+    if "flash" in impl and not share_prefix and not encoder:
         return "varlen"
     # Segment attention switches the attention implementation for the duration of the forward only;
     # activation checkpointing recomputes layers later, in backward, so it takes a mask instead.
@@ -418,6 +439,8 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
                                         any(getattr(m, "gradient_checkpointing", False) for m in inner.modules()))
     if supports_segment_attention(inner.config) and not checkpointing:
         return "segments"
+    if encoder:
+        return "dense"
     if impl == "flex_attention" and device.type == "cuda":
         return "flex"
     return "dense"
@@ -426,6 +449,8 @@ def _attention_kind(model: nn.Module, share_prefix: bool, device: torch.device) 
 def _run_decoder(decoder: nn.Module, config, plan: Plan, kind: AttentionKind, dtype: torch.dtype) -> Tensor:
     """(R, L, H) last hidden states of the plan's rows, attention kept inside each packed unit."""
     kwargs: dict = {"input_ids": plan.input_ids, "position_ids": plan.position_ids, "use_cache": False}
+    if plan.bidirectional and getattr(config, "type_vocab_size", 0):  # segment A, as the padded rows get
+        kwargs["token_type_ids"] = torch.zeros_like(plan.input_ids)
     if kind == "segments":
         kwargs["prefkit_segments"] = plan.segments
         with segment_attention(config):
@@ -436,7 +461,7 @@ def _run_decoder(decoder: nn.Module, config, plan: Plan, kind: AttentionKind, dt
     elif kind == "flex":
         kwargs["attention_mask"] = _flex_mask(plan.doc_ids, plan.seg_ids)
     else:
-        mask = _dense_mask(plan.doc_ids, plan.seg_ids)
+        mask = _dense_mask(plan.doc_ids, plan.seg_ids, plan.bidirectional)
         if config._attn_implementation == "eager":  # additive float mask; SDPA takes bool
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min)
@@ -445,11 +470,22 @@ def _run_decoder(decoder: nn.Module, config, plan: Plan, kind: AttentionKind, dt
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (R, L, H)
 
 
+PACKABLE_ENCODERS = frozenset({"bert"})
+"""Bidirectional encoder model types the packed engine runs (exact against padded rows; no prompt
+sharing): their position embeddings read the ``position_ids`` given (restarting at 0 per sequence) and
+their attention layers call transformers' attention interface. RoBERTa-style models (positions from
+``padding_idx + 1``) and others run padded."""
+
+
+def is_bidirectional(config) -> bool:
+    """Whether ``config`` is one of the :data:`PACKABLE_ENCODERS` (not configured as a decoder)."""
+    return getattr(config, "model_type", None) in PACKABLE_ENCODERS and not getattr(config, "is_decoder", False)
+
+
 def backbone_fast_path_unsupported(backbone: nn.Module) -> str | None:
     """Why :func:`packed_hidden` cannot run a bare (headless) backbone, e.g. a reward model's; None
-    when it can. Packing keeps each sequence's attention causal inside its segment, so only causal
-    decoders qualify: a bidirectional encoder (BERT, MiniLM) lets every token see the whole sequence,
-    and packing or sharing a prompt would change its results."""
+    when it can: causal decoders (with prompt sharing) and the encoders of :data:`PACKABLE_ENCODERS`
+    (each sequence's attention bidirectional inside its segment, no prompt sharing)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -462,8 +498,11 @@ def backbone_fast_path_unsupported(backbone: nn.Module) -> str | None:
     model_type = getattr(config, "model_type", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return "not a transformers decoder"
-    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return f"{model_type!r} is not a causal decoder (bidirectional attention cannot be packed exactly)"
+    encoder = is_bidirectional(config)
+    if not encoder and (model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+                        or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return (f"{model_type!r} is neither a causal decoder nor a packable encoder "
+                f"({', '.join(sorted(PACKABLE_ENCODERS))})")
     if not supports_segment_attention(config):
         return "the model has sliding-window, linear or soft-capped attention layers"
     return None
@@ -477,7 +516,8 @@ def packed_hidden(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
     ``model``: a ``*ForCausalLM`` (its decoder runs) or a headless causal backbone (a reward model's),
     optionally PEFT-wrapped. Returns ``(hidden, plan)``: ``hidden`` (S, H) holds, for scored token s
     (``plan.col_index[s]`` of sequence ``plan.seq_index[s]``), the last hidden state of the token before
-    it, the state a causal LM predicts it from. :func:`packed_sequence_logps` puts the output layer on
+    it, the state a causal LM predicts it from. A bidirectional encoder (:data:`PACKABLE_ENCODERS`) runs
+    each sequence but its last token, unmasked (module docstring); ``share_prefix`` is ignored for it. :func:`packed_sequence_logps` puts the output layer on
     it; reward models pool it. No support check here: see :func:`fast_path_unsupported` /
     :func:`backbone_fast_path_unsupported`.
 
@@ -487,19 +527,25 @@ def packed_hidden(model: nn.Module, batch: Batch, *, share_prefix: bool = False,
     (activation checkpointing, or ``attention="dense"``) needs bin-packed rows and plans its own when
     given a one-row plan.
     """
+    inner = unwrap(model)
+    encoder = is_bidirectional(inner.config)
+    share_prefix = share_prefix and not encoder
     kind = _attention_kind(model, share_prefix, batch.input_ids.device) if attention == "auto" else attention
     if kind == "varlen" and share_prefix:
         raise ValueError("varlen attention cannot share prefixes; use segments, flex or dense")
-    inner = unwrap(model)
+    if encoder and kind in ("varlen", "flex"):
+        raise ValueError(f"{kind} attention is causal; a bidirectional encoder runs with segments or dense")
     one_row = kind in ("segments", "varlen", "flex")
-    if plan is not None and (plan.share_prefix != share_prefix or plan.num_sequences != batch.num_sequences):
-        raise ValueError(f"packed_hidden: the plan is for another batch or share_prefix (plan: "
-                         f"{plan.num_sequences} sequences, share_prefix={plan.share_prefix}; call: "
-                         f"{batch.num_sequences}, share_prefix={share_prefix})")
+    if plan is not None and (plan.share_prefix != share_prefix or plan.num_sequences != batch.num_sequences
+                             or plan.bidirectional != encoder):
+        raise ValueError(f"packed_hidden: the plan is for another batch or share_prefix, or model (plan: "
+                         f"{plan.num_sequences} sequences, share_prefix={plan.share_prefix}, bidirectional="
+                         f"{plan.bidirectional}; call: {batch.num_sequences}, share_prefix={share_prefix}, "
+                         f"bidirectional={encoder})")
     if plan is None or plan.one_row != one_row:
         pad_id = getattr(inner.config, "pad_token_id", None) or 0
         plan = plan_for(batch, share_prefix=share_prefix, one_row=one_row, max_row_tokens=max_row_tokens,
-                        pad_id=pad_id)
+                        pad_id=pad_id, bidirectional=encoder)
     # a causal LM's decoder, or the headless backbone itself (its get_decoder() is itself); LoRA stays injected
     hidden = _run_decoder(inner.get_decoder(), inner.config, plan, kind, next(model.parameters()).dtype)  # (R, L, H)
     return hidden.reshape(-1, hidden.shape[-1])[plan.pred_index], plan
@@ -560,4 +606,4 @@ def packing_stats(batch: Batch, *, share_prefix: bool = False) -> dict[str, int]
 
 __all__ = ["Plan", "plan_for", "pack_batch", "packed_sequence_logps", "prefix_shared_sequence_logps",
            "fast_path_unsupported", "backbone_fast_path_unsupported", "padded_is_cheaper", "packing_stats",
-           "packed_hidden", "SHORT_SEQUENCE_TOKENS", "MIN_SAVING"]
+           "packed_hidden", "SHORT_SEQUENCE_TOKENS", "MIN_SAVING", "PACKABLE_ENCODERS", "is_bidirectional"]

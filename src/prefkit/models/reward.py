@@ -9,7 +9,13 @@ A reward model maps a (prompt, completion) sequence to a score. It is three part
    there), ``"mean"`` (mean over non-pad tokens; the default for encoders) or ``"cls"`` (the first
    token) — :mod:`prefkit.models.reward_inputs`;
 3. a **head** (ours, a few parameters) giving a :class:`~prefkit.models.heads.RewardOutput`
-   (:mod:`prefkit.models.heads`: scalar, multi-objective, tie-aware, GPM).
+   (:mod:`prefkit.models.heads`: scalar, multi-objective, tie-aware, GPM; :mod:`prefkit.models.personal`:
+   the pluralistic heads PAL, VPL, mixture, MaxMin, which score a pair for a given user).
+
+Frozen-backbone mode (:meth:`RewardModel.freeze_backbone`): the backbone's weights stop training and
+each distinct token sequence's pooled feature is computed once (:mod:`prefkit.models.feature_cache`),
+so only the head trains, in minutes on a CPU. Personal heads: :meth:`RewardModel.pair_logits` scores
+pairs for their records' users, :meth:`RewardModel.add_user` adapts to a new user from a few pairs.
 
 This module holds :class:`RewardModel` (construction, saving, loading, forward, inference) and
 :func:`score_records`. Training one is a job of ``prefkit.train`` (a run config with a ``reward:``
@@ -29,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from prefkit.data.records import Pair, Ranking, Record
-from prefkit.errors import ConfigError
+from prefkit.errors import ConfigError, DataError
+from prefkit.models.feature_cache import FeatureCache, hash_json, hash_module_weights, hash_tokenizer
 from prefkit.models.heads import (
     GPMHead,
     MultiObjectiveHead,
@@ -40,10 +47,10 @@ from prefkit.models.heads import (
     ScalarHead,
     TieHead,
     default_pooling,
-    make_head,
 )
-from prefkit.models.load import add_lora, check_model_path, check_tokenizer_path, local_dir
+from prefkit.models.load import add_lora, check_model_path, check_tokenizer_path, is_peft, local_dir
 from prefkit.models.packing import backbone_fast_path_unsupported, packed_hidden, padded_is_cheaper
+from prefkit.models.personal import make_head
 from prefkit.models.reward_inputs import (
     RewardTokens,
     as_text_record,
@@ -83,6 +90,8 @@ class RewardModel(nn.Module):
         """Default of ``forward(packing=...)``: the padding-free fast path where the backbone allows it."""
         self.share_prefix = True
         """Default of ``forward(share_prefix=...)``: with ``"last"`` pooling, a group's common prefix once."""
+        self.feature_cache: FeatureCache | None = None
+        """Frozen-backbone mode's feature cache (:meth:`freeze_backbone`); None: the backbone runs."""
 
     # construction ------------------------------------------------------------------------------------
 
@@ -115,8 +124,14 @@ class RewardModel(nn.Module):
         if lora_r > 0:  # the run config's lora section (0 = off); all linear layers unless named
             model = add_lora(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
                              target_modules=lora_target_modules, task_type=None)
+        if config.frozen_backbone and lora_r > 0:
+            raise ConfigError("reward.frozen_backbone trains only the head; LoRA adapters would stay frozen: set "
+                              "lora.r=0 or reward.frozen_backbone=false")
         head = make_head(config, int(model.config.hidden_size))
-        return cls(model, head, config, tokenizer)
+        result = cls(model, head, config, tokenizer)
+        if config.frozen_backbone:
+            result.freeze_backbone(config.feature_cache_dir)
+        return result
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
@@ -148,7 +163,10 @@ class RewardModel(nn.Module):
                                                   local_files_only=True)
         head = make_head(config, int(backbone.config.hidden_size))
         head.load_state_dict(load_file(str(root / HEAD_FILE)))
-        return cls(backbone, head, config, tokenizer).eval()
+        model = cls(backbone, head, config, tokenizer).eval()
+        if config.frozen_backbone:  # an in-memory cache: loading never writes to the training machine's folder
+            model.freeze_backbone()
+        return model
 
     def save(self, path: str | Path) -> Path:
         """Write ``backbone/`` (safetensors + tokenizer), ``head.safetensors`` and ``reward_config.json``.
@@ -167,9 +185,12 @@ class RewardModel(nn.Module):
         backbone.save_pretrained(root / BACKBONE_DIR, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(root / BACKBONE_DIR)
+        self.head.finalize()
         save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
                   str(root / HEAD_FILE))
         saved = asdict(self.config) | {"pooling": self.pooling}
+        if self.head.personal:
+            saved["users"] = list(self.head.users)
         (root / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         return root
 
@@ -203,8 +224,18 @@ class RewardModel(nn.Module):
 
         ``group_size`` G: rows ``g * B + b`` are the G sequences of example b (they may share a prompt).
         ``packing`` / ``share_prefix``: the fast path (default: the model's attributes); it runs only on
-        causal decoder backbones and right-padded rows, else the padded computation runs.
+        causal decoder backbones and right-padded rows, else the padded computation runs. In
+        frozen-backbone mode the features come from the cache (each row's real tokens are its key).
         """
+        if self.feature_cache is not None:
+            rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask, strict=True)]
+            return self.feature_cache.lookup(rows).to(input_ids.device)  # (N, H) float32
+        return self.backbone_features(input_ids, attention_mask, group_size=group_size, packing=packing,
+                                      share_prefix=share_prefix)
+
+    def backbone_features(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
+                          packing: bool | None = None, share_prefix: bool | None = None) -> Tensor:
+        """:meth:`features` computed by the backbone (never the cache)."""
         packing = self.packing if packing is None else packing
         if packing and self.fast_path_unsupported() is None and right_padded(attention_mask):
             share = self.share_prefix if share_prefix is None else share_prefix
@@ -235,9 +266,123 @@ class RewardModel(nn.Module):
         return out.index_copy(0, plan.seq_index, hidden)  # one scored token per sequence
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
-                packing: bool | None = None, share_prefix: bool | None = None) -> RewardOutput:
-        return self.head(self.features(input_ids, attention_mask, group_size=group_size, packing=packing,
-                                       share_prefix=share_prefix))
+                packing: bool | None = None, share_prefix: bool | None = None,
+                users: Tensor | None = None) -> RewardOutput:
+        """Head outputs of N = G * B rows; ``users`` (N,): user indices (``head.user_index``) for a
+        personal head (None: the population), ignored by the other heads."""
+        features = self.features(input_ids, attention_mask, group_size=group_size, packing=packing,
+                                 share_prefix=share_prefix)
+        if self.head.personal:
+            return self.head(features, users, group_size)
+        return self.head(features)
+
+    # frozen backbone and personal heads ------------------------------------------------------------
+
+    def freeze_backbone(self, cache_dir: str | Path | None = None) -> FeatureCache:
+        """Frozen-backbone mode: the backbone's parameters stop training (``requires_grad=False``) and
+        :meth:`features` reads a :class:`~prefkit.models.feature_cache.FeatureCache` (in memory, and under
+        ``cache_dir`` when given), fingerprinted by the backbone's weights, the tokenizer, pooling,
+        max_length and truncation side. Returns the cache."""
+        if is_peft(self.backbone):
+            raise ConfigError("freeze_backbone: this backbone has LoRA adapters, which would stay frozen; build "
+                              "the model without LoRA (lora.r=0)")
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        dtype = next(self.backbone.parameters()).dtype
+        fingerprint = {"weights": hash_module_weights(self.backbone), "tokenizer": hash_tokenizer(self.tokenizer),
+                       "settings": hash_json({"pooling": self.pooling, "max_length": self.config.max_length,
+                                              "truncation_side": self.config.truncation_side, "dtype": str(dtype)})}
+        self.feature_cache = FeatureCache(self._cache_compute, fingerprint, directory=cache_dir,
+                                          batch_size=self.config.feature_batch_size)
+        self.config = replace(self.config, frozen_backbone=True,
+                              feature_cache_dir=None if cache_dir is None else str(cache_dir))
+        return self.feature_cache
+
+    def _cache_compute(self, rows: list[list[int]]) -> Tensor:
+        """The backbone's pooled features (n, H) of id lists, in eval mode (what the cache stores)."""
+        ids, mask = self.tokens().pad(rows)
+        device = next(self.backbone.parameters()).device
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return self.backbone_features(ids.to(device), mask.to(device))
+        finally:
+            self.backbone.train(was_training)
+
+    @torch.no_grad()
+    def sequence_features(self, rows: Sequence[Sequence[int]], *, batch_size: int = 64) -> Tensor:
+        """(N, H) float32 CPU features of token id lists: the cache in frozen mode, else the backbone
+        (length-sorted batches, eval mode)."""
+        if self.feature_cache is not None:
+            return self.feature_cache.lookup(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        parts = []
+        try:
+            for i in range(0, len(order), batch_size):
+                ids, mask = self.tokens().pad([rows[j] for j in order[i:i + batch_size]])
+                parts.append(self.backbone_features(ids.to(device), mask.to(device)).float().cpu())
+        finally:
+            self.train(was_training)
+        out = torch.cat(parts) if parts else torch.zeros(0, int(self.backbone.config.hidden_size))
+        result = torch.empty_like(out)
+        result[torch.tensor(order, dtype=torch.long)] = out
+        return result
+
+    def record_features(self, records: Sequence[Pair], *, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+        """(chosen (B, H), rejected (B, H)) float32 CPU features of pair records."""
+        bad = next((r for r in records if not isinstance(r, Pair)), None)
+        if bad is not None:
+            raise DataError(f"personal reward models score pairs; got a {type(bad).__name__} record")
+        tokens = self.tokens()
+        rows = [tokens.record_ids(r) for r in records]
+        feats = self.sequence_features([r[0] for r in rows] + [r[1] for r in rows], batch_size=batch_size)
+        return feats[:len(records)], feats[len(records):]
+
+    @torch.no_grad()
+    def pair_logits(self, records: Sequence[Pair], *, batch_size: int = 64) -> Tensor:
+        """(B,) float32 log-odds that each record's chosen beats its rejected, for the record's own
+        ``user_id`` (personal heads; a record without one gets the population's score; an unknown id is a
+        DataError naming ``add_user``); the other heads ignore user ids."""
+        users = self.head.user_index([r.user_id for r in records]) if self.head.personal else None
+        chosen, rejected = self.record_features(records, batch_size=batch_size)
+        device = next(self.head.parameters()).device
+        was_training = self.training
+        self.eval()
+        parts = []
+        try:
+            for i in range(0, len(records), batch_size):
+                c, r = chosen[i:i + batch_size].to(device), rejected[i:i + batch_size].to(device)
+                feats = torch.cat([c, r])  # (2b, H): chosen rows, then rejected rows
+                if self.head.personal:
+                    assert users is not None
+                    u = users[i:i + batch_size].to(device)
+                    out = self.head(feats, torch.cat([u, u]), 2)
+                else:
+                    out = self.head(feats)
+                b = len(c)
+                parts.append(self.head.preference_logits(out.select(slice(0, b)), out.select(slice(b, 2 * b))))
+        finally:
+            self.train(was_training)
+        return torch.cat(parts).float().cpu() if parts else torch.zeros(0)
+
+    def add_user(self, user_id: str, shots: Sequence[Pair], **fit_options: float) -> None:
+        """Few-shot adaptation to a new user from their labelled pairs (re-adding an id replaces it).
+
+        PAL fits only the user's mixture weights (``steps``, ``lr``, ``l2`` options); VPL infers the
+        latent from the shots; MaxMin assigns the likeliest group; the mixture fits the user's router offset
+        (MiCRo's stage 2; same options as PAL); BT / GPM: nothing to do (a user-blind model). The new id is appended to ``config.users`` (saved with the model).
+        """
+        if not self.head.personal:
+            return
+        if not shots:
+            raise DataError(f"add_user({user_id!r}) needs at least one labelled pair")
+        chosen, rejected = self.record_features(shots)
+        device = next(self.head.parameters()).device
+        self.head.add_user(user_id, chosen.to(device), rejected.to(device), **fit_options)
+        self.config = replace(self.config, users=tuple(self.head.users))
 
     # inference ---------------------------------------------------------------------------------------
 
@@ -288,11 +433,12 @@ class RewardModel(nn.Module):
     def best_of(self, prompt: Any, candidates: Sequence[Any], *, batch_size: int = 32) -> tuple[int, Tensor]:
         """(index of the best candidate, per-candidate scores (N,)) for one prompt.
 
-        Scalar heads: the scores are the rewards. GPM: the score of candidate i is its mean win
-        probability ``mean_j σ(s(y_i ≻ y_j))`` against the other candidates. Ties go to the first.
+        Scalar heads: the scores are the rewards (personal heads: the population's). GPM and mixture: the
+        score of candidate i is its mean win probability ``mean_j σ(s(y_i ≻ y_j))`` against the other
+        candidates. Ties go to the first.
         """
         out = self.outputs_for([prompt] * len(candidates), list(candidates), batch_size=batch_size)
-        if isinstance(self.head, GPMHead):
+        if not self.head.scalar_preference:  # GPM, mixture: pairwise only
             n = len(candidates)
             ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
             with torch.no_grad():

@@ -17,6 +17,12 @@ draws the same samples.
   (the loop writes them to ``<out>/log.txt``), so a round prints nothing itself.
 - :meth:`RoundContext.reference_logps` scores samples under the reference, teacher-forced (the round's
   KL estimate).
+
+Several processes (``accelerate launch``, ``processes``): every process runs the round's code on the same
+data. :meth:`RoundContext.sample` splits each call's prompts between the processes and gives every process
+the whole batch (:class:`~prefkit.online.sampler.TorchSampler`, one process's draws); the judge answers on
+the main process only and its answers are broadcast (:class:`MainProcessJudge`); :meth:`RoundContext.train`
+hands every process the same records, and the trainer splits each global batch between them (DDP).
 """
 
 from __future__ import annotations
@@ -34,8 +40,15 @@ from torch import Tensor, nn
 from prefkit.data.records import Message, Pair, Prompt, Record
 from prefkit.errors import DataError
 from prefkit.online.config import OnlineConfig
-from prefkit.online.judges import Judge, judge_scores, preference_matrix, preference_probs
-from prefkit.online.sampler import SampleBatch, SamplingSettings, TorchSampler
+from prefkit.online.judges import (
+    Judge,
+    Verdicts,
+    judge_name,
+    judge_scores,
+    preference_matrix,
+    preference_probs,
+)
+from prefkit.online.sampler import Processes, SampleBatch, SamplingSettings, TorchSampler
 from prefkit.train.config import RunConfig, load_config, to_dict
 from prefkit.train.objectives import Objective
 from prefkit.train.trainer import Trainer
@@ -86,6 +99,45 @@ def tag_seed(seed: int, round_index: int, tag: str) -> int:
 _tag_seed = tag_seed  # the name plug-ins used first
 
 
+class MainProcessJudge:
+    """A judge asked on the main process only, its answers broadcast to every process (several processes).
+
+    Every process makes the same calls in the same order (they run the same round on the same samples), so
+    each call is one broadcast. Why not a share per process: a judge may be a remote API, a large local
+    model loaded once, or draw its own random verdicts; asked once, it answers exactly as in one process
+    (the same calls, the same order, the same count). An error on the main process is raised on every
+    process."""
+
+    def __init__(self, judge: Judge, processes: Processes):
+        self.judge, self.processes = judge, processes
+        self.pointwise = bool(getattr(judge, "pointwise", False))
+        self.pairwise = bool(getattr(judge, "pairwise", False))
+        self.name = judge_name(judge)
+        if callable(getattr(judge, "verdicts", None)):
+            self.verdicts = self._verdicts
+
+    def _ask(self, method: str, *args: Any) -> Any:
+        answer: Any = None
+        if self.processes.main:
+            try:
+                answer = ("ok", getattr(self.judge, method)(*args))
+            except Exception as error:  # handed to every process, raised there
+                answer = ("error", error)
+        kind, value = self.processes.broadcast(answer)
+        if kind == "error":
+            raise value
+        return value
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Any]) -> Tensor:
+        return self._ask("score", prompts, completions)
+
+    def prefer(self, prompts: Sequence[Prompt], a: Sequence[Any], b: Sequence[Any]) -> Tensor:
+        return self._ask("prefer", prompts, a, b)
+
+    def _verdicts(self, prompts: Sequence[Prompt], a: Sequence[Any], b: Sequence[Any]) -> Verdicts:
+        return self._ask("verdicts", prompts, a, b)
+
+
 @dataclass
 class RoundContext:
     """One round's prompts, models and helpers (module docstring)."""
@@ -116,6 +168,8 @@ class RoundContext:
     """Extra metrics an algorithm adds (merged into the round's metrics)."""
     messages: list[str] = field(default_factory=list)
     """The trainer's one-line notices of this round (encoding reports ...)."""
+    processes: Processes = field(default_factory=Processes)
+    """The processes of the run (several under ``accelerate launch``; module docstring)."""
     verdicts: list[tuple[SampleBatch, int, Tensor]] = field(default_factory=list)
     """``(batch, prompt, (G, G) P(y_a ≻ y_b))`` that :meth:`judge_groups` got from a pairwise-only judge;
     :meth:`log_samples` writes each sample's row with it."""
@@ -135,14 +189,14 @@ class RoundContext:
         if source == "reference":
             if self.reference is None:
                 raise RuntimeError("sampling from the reference needs a loss with a reference")
-            sampler = TorchSampler(self.reference, self.tokenizer, seed=settings.seed or 0)
+            sampler = TorchSampler(self.reference, self.tokenizer, seed=settings.seed or 0, processes=self.processes)
         elif source == "mixture":
             if self.reference is None:
                 raise RuntimeError("sampling from the mixture needs a loss with a reference")
             sampler = TorchSampler(self.policy, self.tokenizer, mixture=(self.reference, mixture_beta),
-                                   seed=settings.seed or 0)
+                                   seed=settings.seed or 0, processes=self.processes)
         else:
-            sampler = TorchSampler(self.policy, self.tokenizer, seed=settings.seed or 0)
+            sampler = TorchSampler(self.policy, self.tokenizer, seed=settings.seed or 0, processes=self.processes)
         batch = sampler.sample(ids, settings, n=n)
         if source == "policy" and prompt_ids is None:
             self.policy_batches.append(batch)
@@ -208,11 +262,13 @@ class RoundContext:
     # -- training --
 
     def round_config(self, num_records: int, tag: str = "") -> RunConfig:
-        """The trainer's config for this round's training (module docstring of ``prefkit.online.loop``)."""
+        """The trainer's config for this round's training (module docstring of ``prefkit.online.loop``);
+        ``train.batch_size`` (per process) is capped so that one global batch fits in ``num_records``."""
         base = to_dict(self.run_config)
         tc = base["train"]
+        cap = max(1, num_records // self.processes.world)
         tc.update(seed=self.online.seed + self.index, progress=False, max_steps=self.online.steps_per_round,
-                  epochs=self.online.epochs_per_round, batch_size=min(int(tc["batch_size"]), num_records))
+                  epochs=self.online.epochs_per_round, batch_size=min(int(tc["batch_size"]), cap))
         name = f"round-{self.index:04d}" + (f"-{tag}" if tag else "")
         base["output"].update(dir=str(self.out_dir / name), save_model=False, plots=False, tensorboard=False,
                               overwrite=True)
@@ -235,6 +291,7 @@ class RoundContext:
         summary = trainer.train()
         if self.online.keep_optimizer:
             self.optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+        del trainer  # several processes: its DDP wrapper (and gradient hooks) go before the next round's
         return summary
 
 
@@ -288,4 +345,4 @@ def stack_numbers(numbers: list[Tensor]) -> Tensor:
     return torch.cat(numbers) if numbers else torch.zeros(0)
 
 
-__all__ = ["RoundContext", "Source", "as_completion", "usable", "weighted", "merge_duplicates", "prompt_sample_texts", "stack_numbers", "sequence_logprobs", "tag_seed"]
+__all__ = ["RoundContext", "MainProcessJudge", "Source", "as_completion", "usable", "weighted", "merge_duplicates", "prompt_sample_texts", "stack_numbers", "sequence_logprobs", "tag_seed"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -43,8 +44,9 @@ from prefkit.online.judges import (
     exact_match_judge,
     regex_judge,
 )
-from prefkit.online.loop import run_online
+from prefkit.online.loop import check_strategy, run_online
 from prefkit.online.rewards import RewardComponent, RewardMix, check_component, check_names
+from prefkit.online.sampler import Processes
 from prefkit.train.config import TOY, RunConfig, from_dict, load_config, merge, parse_overrides, read_yaml
 from prefkit.train.run import load_policy
 from prefkit.train.trl import apply_trl_keys
@@ -126,6 +128,11 @@ class JudgeConfig:
     par_references: dict[str, Any] | str | None = None
     """With ``components``: PAR shaping ``σ(r − r_ref)`` against a reference response per prompt: a mapping
     ``prompt -> reference response``, or a ``.json``/``.yaml`` file holding one."""
+    combine: Literal["weighted", "maxmin"] = "weighted"
+    """With ``components``: ``weighted`` (fixed weights) or ``maxmin``: the free components are group rewards
+    and each round trains on the worst-off group's (MaxMin-RLHF's egalitarian objective)."""
+    temperature: float = 0.0
+    """With ``combine: maxmin``: 0 trains on the worst group only; τ > 0 weights the groups softmax(−mean/τ)."""
 
     def __post_init__(self) -> None:
         kinds = [k for k in ("function", "regex", "exact_match", "reward_model", "lm", "components")
@@ -147,9 +154,16 @@ class JudgeConfig:
                 raise ConfigError(f"judge.{key} applies to judge.{needs} only")
         if self.batch_size < 1:
             raise ConfigError(f"judge.batch_size must be >= 1; got {self.batch_size}")
+        if not 0.0 <= self.temperature < math.inf:
+            raise ConfigError(f"judge.temperature must be finite and >= 0; got {self.temperature}")
+        if self.temperature and self.combine != "maxmin":
+            raise ConfigError("judge.temperature applies to judge.combine: maxmin only")
+        if self.combine == "maxmin" and sum(c.target is None for c in component_configs(self)) < 2:
+            raise ConfigError("judge.combine: maxmin needs at least 2 components without a target (one reward "
+                              "per group)")
 
 
-MIX_OPTIONS = ("lagrange_lr", "max_multiplier", "whiten", "clip", "par_references")
+MIX_OPTIONS = ("lagrange_lr", "max_multiplier", "whiten", "clip", "par_references", "combine", "temperature")
 """``judge:`` keys of a reward mix as a whole (``components``)."""
 COMPONENT_KEYS = ("name", "weight", "target", "sense", "multiplier")
 """A component's own keys; its other keys are one judge's (:class:`JudgeConfig` but ``components``)."""
@@ -377,7 +391,8 @@ def build_judge(config: JudgeConfig, folder: Path, key: str = "judge") -> Judge:
         refs = _answers(config.par_references, folder, f"{key}.par_references", "reference response") \
             if config.par_references is not None else None
         return RewardMix(parts, lagrange_lr=config.lagrange_lr, max_multiplier=config.max_multiplier,
-                         par=refs is not None, references=refs, whiten=config.whiten, clip=config.clip)
+                         par=refs is not None, references=refs, whiten=config.whiten, clip=config.clip,
+                         combine=config.combine, temperature=config.temperature)
     if config.function is not None or config.prefer is not None:
         score = import_callable(config.function, f"{key}.function", folder) if config.function else None
         prefer = import_callable(config.prefer, f"{key}.prefer", folder) if config.prefer else None
@@ -415,12 +430,13 @@ def run_job(job: OnlineJob, *, resume: bool = False) -> list[dict[str, Any]]:
     ``output.dir``; with ``output.save_model``, save the final policy and tokenizer to ``<output.dir>/model``.
     Returns the loop's per-round metrics."""
     check_out_dir(job, resume)
+    check_strategy(job.run)
     prompts = read_prompts(job.prompts)
     judge = build_judge(job.judge, job.folder)
     policy, tokenizer = load_policy(job.run)
     out = Path(job.run.output.dir)
     history = run_online(policy, tokenizer, prompts, judge, job.run, job.online, out, resume=resume)
-    if job.run.output.save_model:
+    if job.run.output.save_model and Processes.current().main:  # several processes: one writer
         with model_load.quiet_loading():  # no "Writing model shards" bar
             policy.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")

@@ -70,6 +70,18 @@ before its training step:
 
 **Progress**: one line per round on stderr (``train.progress``), nothing else.
 
+**Several processes** (``accelerate launch``, ``distributed.strategy: ddp``): every process runs every
+round on the same data. The policy starts as the main process's weights (broadcast, as DDP does).
+Sampling splits each call's prompts between the processes and gathers the completions, with one
+process's random draws, so the samples are one process's (``prefkit.online.sampler``); the judge answers
+on the main process and its answers are broadcast (:class:`~prefkit.online.context.MainProcessJudge`);
+every process trains on the same records through the one ``Trainer``, whose DDP splits each global batch
+(``train.batch_size`` per process: the global batch is ``batch_size x processes``); the main process's
+metrics are every process's. Only the main process writes the run folder: ``online.json``,
+``rounds/NNNN.jsonl``, ``metrics.jsonl``, ``log.txt`` and the round checkpoints (the trainer's
+``round-NNNN`` folders likewise). ``distributed.strategy: fsdp`` is refused with one line: the trainer
+shards the policy in place, and sampling runs the whole model on each process.
+
 **Resume** (``resume=True``): after every finished round the loop writes the round's file, its metrics
 line and then an atomic checkpoint (the policy's trainable weights, the reference when refreshed, the
 AdamW state carried between rounds, the metrics so far). A run killed at any point restarts from the
@@ -86,6 +98,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,9 +114,10 @@ from prefkit.losses import LOSSES
 from prefkit.models.load import frozen_copy
 from prefkit.online.algorithms import make_algorithm
 from prefkit.online.config import OnlineConfig
-from prefkit.online.context import RoundContext, as_completion, stack_numbers, tag_seed
+from prefkit.online.context import MainProcessJudge, RoundContext, as_completion, stack_numbers, tag_seed
 from prefkit.online.judges import Judge, judge_name, judge_scores
 from prefkit.online.rewards import RoundHooks
+from prefkit.online.sampler import Processes
 from prefkit.online.state import (
     IDENTITY_FILE,
     check_same_run,
@@ -277,6 +291,16 @@ def _weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _write_round(out: Path, r: int, rows: list[dict[str, Any]], messages: list[str], metrics: dict[str, Any]) -> None:
+    """The round's files: ``rounds/NNNN.jsonl``, its ``log.txt`` lines and its ``metrics.jsonl`` line."""
+    write_atomic(out / "rounds" / f"{r:04d}.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    if messages:
+        with (out / "log.txt").open("a") as f:
+            f.write("".join(f"round {r}: {x}\n" for x in messages))
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
 def _open_run(out: Path, identity: dict[str, Any], resume: bool) -> bool:
     """Check (and claim) the run folder; True when there is a run to resume."""
     used = out.exists() and any(out.iterdir())
@@ -291,6 +315,30 @@ def _open_run(out: Path, identity: dict[str, Any], resume: bool) -> bool:
     write_atomic(out / IDENTITY_FILE, json.dumps(identity, indent=1, default=str))  # first: marks the folder
     (out / "rounds").mkdir(exist_ok=True)
     return used
+
+
+def check_strategy(run_config: RunConfig) -> None:
+    """Launched on several processes: a one-line ConfigError unless ``distributed.strategy`` is ``ddp`` (FSDP
+    shards the policy in place in each round's trainer, and sampling runs the whole policy on each process)."""
+    strategy = run_config.distributed.strategy
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and strategy != "ddp":
+        raise ConfigError(f"distributed.strategy={strategy}: the online loop runs on several processes with ddp only "
+                          "(each process samples with the whole policy); set distributed.strategy=ddp")
+
+
+def _start_processes(policy: nn.Module, run_config: RunConfig) -> Processes:
+    """The run's processes; several: the policy on this process's device, with the main process's weights."""
+    check_strategy(run_config)
+    procs = Processes.current()
+    if procs.world == 1:
+        return procs
+    import torch.distributed as dist
+
+    policy.to(procs.device)
+    with torch.no_grad():  # as DDP does: an unseeded initialisation would differ between processes
+        for tensor in (*policy.parameters(), *policy.buffers()):
+            dist.broadcast(tensor.data, src=0)
+    return procs
 
 
 def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], judge: Judge,
@@ -311,6 +359,8 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
         resume: continue the online run in ``out_dir`` from its last checkpoint (``policy`` is the same
             initial policy as the first call's); an absent or empty folder starts a new run.
 
+    Under ``accelerate launch`` every process calls it with the same arguments (module docstring).
+
     Returns: one metrics dict per round of the whole run, resumed rounds included (module docstring).
     """
     if not prompts:
@@ -319,9 +369,18 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
     algorithm.check(run_config, online)
     out = Path(out_dir)
     prompts = list(prompts)
+    procs = _start_processes(policy, run_config)
     identity = run_identity(_jsonable(online), to_dict(run_config), _jsonable(prompts), judge_name(judge))
     identity["policy"] = _weights_hash(policy)
-    resuming = _open_run(out, identity, resume)
+    opened: tuple[bool, Exception | None] = (False, None)
+    if procs.main:  # the main process claims the folder; the others learn what it found
+        try:
+            opened = (_open_run(out, identity, resume), None)
+        except ConfigError as error:
+            opened = (False, error)
+    resuming, error = procs.broadcast(opened)
+    if error is not None:
+        raise error
     encoder = Encoder(tokenizer, run_config.encode)
     ids = [prompt_ids(encoder, p) for p in prompts]
     loss = LOSSES.get(run_config.loss.name)
@@ -330,8 +389,12 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
     beta = _loss_beta(run_config)
     start, optimizer_state, history = 0, None, []
     hooks = judge if isinstance(judge, RoundHooks) else None  # a judge with round state (RewardMix)
+    if procs.world > 1:
+        judge = MainProcessJudge(judge, procs)
     if resuming:
-        clean_partial(out)
+        if procs.main:
+            clean_partial(out)
+        procs.barrier()
         checkpoint = latest_checkpoint(out)
         if checkpoint is not None:
             start, optimizer_state, history = load_checkpoint(checkpoint, policy, reference)
@@ -341,9 +404,10 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
         if start > online.rounds:
             raise ConfigError(f"resume: {out} already holds {start} finished rounds, more than "
                               f"online.rounds={online.rounds}; set online.rounds={start} or more")
-        write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        if procs.main:
+            write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     console = None
-    if run_config.train.progress:
+    if run_config.train.progress and procs.main:
         from rich.console import Console
 
         console = Console(stderr=True, soft_wrap=True)
@@ -358,7 +422,8 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
             t0 = time.perf_counter()
             chosen = round_prompts(len(prompts), online.prompts_per_round, r, online.seed)
             ctx = RoundContext(r, [prompts[i] for i in chosen], [ids[i] for i in chosen], policy, reference,
-                               tokenizer, judge, online, run_config, out, optimizer_state=optimizer_state)
+                               tokenizer, judge, online, run_config, out, optimizer_state=optimizer_state,
+                               processes=procs)
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(tag_seed(online.seed, r, "torch") % 2**63)
                 if hooks is not None:
@@ -369,20 +434,17 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
                     ctx.metrics.update(hooks.metrics())
                 metrics = {**round_metrics(ctx, beta), **ctx.metrics, **extra}
             optimizer_state = ctx.optimizer_state
-            rows = sample_rows(ctx, chosen)
-            write_atomic(out / "rounds" / f"{r:04d}.jsonl",
-                         "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
-            if ctx.messages:
-                with (out / "log.txt").open("a") as f:
-                    f.write("".join(f"round {r}: {x}\n" for x in ctx.messages))
             if refresh and (r + 1) % online.refresh_k == 0:
                 reference = frozen_copy(policy)
             metrics["seconds"] = time.perf_counter() - t0
+            metrics = procs.broadcast(metrics)  # the main process's (its judge's round state, its timing)
             history.append(metrics)
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            save_checkpoint(out, r + 1, policy, reference if refresh and r + 1 >= online.refresh_k else None,
-                            optimizer_state, history, judge_state=hooks.state_dict() if hooks is not None else None)
+            if procs.main:
+                _write_round(out, r, sample_rows(ctx, chosen), ctx.messages, metrics)
+                save_checkpoint(out, r + 1, policy, reference if refresh and r + 1 >= online.refresh_k else None,
+                                optimizer_state, history,
+                                judge_state=hooks.state_dict() if hooks is not None else None)
+            procs.barrier()
             if console is not None:
                 console.print(f"[dim]prefkit:[/dim] {_progress_line(metrics, online.rounds)}", highlight=False)
     finally:
@@ -390,5 +452,5 @@ def run_online(policy: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], jud
     return history
 
 
-__all__ = ["OnlineConfig", "run_online", "round_prompts", "prompt_ids", "round_metrics", "sample_rows",
+__all__ = ["OnlineConfig", "run_online", "check_strategy", "round_prompts", "prompt_ids", "round_metrics", "sample_rows",
            "win_rate_vs_reference"]

@@ -12,6 +12,8 @@ algorithm (and the loop's metrics) uses it unchanged. It scores each sample with
 
 3. **PAR** (``par=True``): ``σ(r_n − r_ref)``, r_ref the mixed reward of the prompt's reference completion
    (``par_shaping``; Fu et al. 2025, arXiv 2502.18770);
+   With ``combine="maxmin"`` the free components are the rewards of K groups, and their fixed weights are
+   multiplied by the egalitarian weights α of MaxMin-RLHF (below);
 4. **whitening** (``whiten=True``): zero mean, unit variance over the N samples of the call (``whiten``;
    a call with one sample is left as is);
 5. **clipping** (``clip=(low, high)``, ``clip_rewards``).
@@ -36,6 +38,15 @@ the round) with each round checkpoint and calls ``mix.load_state_dict(saved)`` b
 round (:class:`RoundHooks` is the protocol to test for). Without those calls the multipliers stay at
 their initial values and the metrics cover every score since the mix was built.
 
+**MaxMin** (``combine="maxmin"``; Chakraborty et al. 2024, arXiv 2402.08925): the policy objective
+max_π min_k E_π[r_k] over K group rewards (the free components, e.g. one reward model or hidden rule per
+group). At every counted score call, α = ``maxmin_weights`` (``prefkit.losses.rewards``) of the groups'
+(weighted) means over the samples counted so far in the round: one-hot on the group that is worst off
+(``temperature=0``; ties share), or a softmin with ``temperature`` τ > 0. A round's samples scored in one
+call (the RL plug-ins) are so all trained on the reward of the round's worst group. Uncounted scores use
+the last α; before any counted score it is uniform. ``maxmin/<name>`` logs α; it is recomputed from the
+saved counts on resume.
+
 **PAR's references**: a mapping prompt → reference completion given at construction (``references``),
 and/or :meth:`RewardMix.set_references` (an algorithm that samples the reference policy each round:
 ``mix.set_references(ctx.prompts, [as_completion(p, c.text) for p, c in zip(ctx.prompts, ref.completions)])``
@@ -54,7 +65,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -67,12 +78,14 @@ from prefkit.losses.rewards import (
     combine_rewards,
     lagrange_update,
     lagrangian_rewards,
+    maxmin_weights,
     par_shaping,
 )
 from prefkit.losses.rl import kl_k1, whiten
 from prefkit.online.judges import Judge, judge_name
 
 _SENSE_SIGN = {"ge": "≥", "le": "≤", "eq": "="}
+Combine = Literal["weighted", "maxmin"]
 
 
 @runtime_checkable
@@ -133,12 +146,16 @@ class RewardMix:
         references: prompt → reference completion, for ``par``.
         whiten: whiten the rewards of each score call (over its N samples, mean shifted to 0).
         clip: ``(low, high)``, either None for no bound on that side; applied last.
+        combine: ``weighted`` (the free components by their fixed weights) or ``maxmin`` (the free components
+            are group rewards, weighted by the egalitarian weights α of the worst-off group; module docstring).
+        temperature: with ``maxmin``: 0 trains on the worst group only; τ > 0 softmin weights softmax(−m/τ).
         name: the judge's name (logs, the run identity checked on resume); unset: built from the settings.
 
     Attributes:
         last_components: (N, C) the components of the last ``score`` call, columns in ``names`` order.
         last_rewards: (N,) what the last ``score`` call returned.
         multipliers: (C_constrained,) float64, the λ in use, in ``constrained`` order.
+        group_weights: (C_free,) float64, MaxMin's α in use (uniform, and unused, with ``weighted``).
     """
 
     pointwise = True
@@ -147,7 +164,8 @@ class RewardMix:
     def __init__(self, components: Sequence[RewardComponent], *, lagrange_lr: float = 0.05,
                  max_multiplier: float | None = None, par: bool = False,
                  references: Mapping[Any, Completion] | None = None, whiten: bool = False,
-                 clip: tuple[float | None, float | None] | None = None, name: str | None = None):
+                 clip: tuple[float | None, float | None] | None = None, combine: Combine = "weighted",
+                 temperature: float = 0.0, name: str | None = None):
         self.components = tuple(components)
         _check_components(self.components)
         if lagrange_lr < 0:
@@ -160,6 +178,15 @@ class RewardMix:
             clip_rewards(torch.zeros(1), clip[0], clip[1])  # low > high: its one-line error
         if references is not None and not par:
             raise ConfigError("RewardMix: references are for PAR shaping; set par=True or leave them out")
+        if combine not in get_args(Combine):
+            raise ConfigError(f"RewardMix: combine {combine!r} is not one of {list(get_args(Combine))}")
+        if combine == "maxmin" and sum(not c.constrained for c in self.components) < 2:
+            raise ConfigError("RewardMix: combine='maxmin' needs at least 2 free components (one reward per group)")
+        if not (0.0 <= temperature < math.inf):
+            raise ConfigError(f"RewardMix: temperature must be finite and >= 0; got {temperature}")
+        if temperature and combine != "maxmin":
+            raise ConfigError("RewardMix: temperature applies to combine='maxmin' only")
+        self.combine, self.temperature = combine, float(temperature)
         self.lagrange_lr, self.max_multiplier = float(lagrange_lr), max_multiplier
         self.par, self.whiten, self.clip = par, whiten, clip
         self.names = tuple(c.name for c in self.components)
@@ -173,6 +200,8 @@ class RewardMix:
         self.senses: tuple[Sense, ...] = tuple(self.components[i].sense for i in self._bound)
         self.multipliers = torch.tensor([float(self.components[i].multiplier) for i in self._bound],
                                         dtype=torch.float64)  # (C_bound,)
+        self.group_weights = torch.full((len(self._free),), 1.0 / max(1, len(self._free)),
+                                        dtype=torch.float64)  # (C_free,) MaxMin's α
         self.round = 0
         self._counting = True
         self._reset_counts()
@@ -191,6 +220,8 @@ class RewardMix:
             parts.append(f"{c.name}={judge_name(c.judge)}{rule}")
         options = [f"lagrange_lr {self.lagrange_lr:g}"] if self._bound else []
         options += [f"max_multiplier {self.max_multiplier:g}"] if self._bound and self.max_multiplier is not None else []
+        options += ([f"maxmin τ {self.temperature:g}" if self.temperature else "maxmin"]
+                    if self.combine == "maxmin" else [])
         options += ["par"] * self.par + ["whiten"] * self.whiten
         options += [f"clip {list(self.clip)}"] if self.clip is not None else []
         return f"reward mix ({', '.join(parts)}{'; ' + ', '.join(options) if options else ''})"
@@ -218,7 +249,8 @@ class RewardMix:
     def mix(self, components: Tensor) -> Tensor:
         """(N,) the weighted and Lagrangian sum of ``components`` (N, C) with the current multipliers (step 2)."""
         comps = components.double()
-        free = combine_rewards(comps[:, self._free], self.weights)  # (N,)
+        weights = self.weights * self.group_weights if self.combine == "maxmin" else self.weights  # (C_free,)
+        free = combine_rewards(comps[:, self._free], weights)  # (N,)
         if not self._bound:
             return free
         return lagrangian_rewards(comps[:, self._bound], self.multipliers, senses=self.senses, objective=free)
@@ -231,6 +263,7 @@ class RewardMix:
             self._count += comps.shape[0]
             self._sum += comps.double().sum(0)
             self._sumsq += (comps.double() ** 2).sum(0)
+            self._update_group_weights()
         rewards = self.mix(comps)  # (N,)
         if self.par:
             rewards = par_shaping(rewards, self.mix(self._reference_components(prompts)))
@@ -240,6 +273,12 @@ class RewardMix:
             rewards = clip_rewards(rewards, self.clip[0], self.clip[1])
         self.last_rewards = rewards.float()
         return self.last_rewards
+
+    def _update_group_weights(self) -> None:
+        """MaxMin's α from the (weighted) group means counted this round (module docstring)."""
+        if self.combine == "maxmin" and self._count:
+            means = self.component_means()[self._free] * self.weights  # (C_free,)
+            self.group_weights = maxmin_weights(means, temperature=self.temperature)
 
     def prefer(self, prompts: Sequence[Prompt], a: Sequence[Completion], b: Sequence[Completion]) -> Tensor:
         raise ConfigError(f"judge {self.name!r} is pointwise only; use preference_probs, which gives σ(r_a − r_b)")
@@ -304,7 +343,8 @@ class RewardMix:
 
     def metrics(self) -> dict[str, float]:
         """``rewards/<name>/mean`` and ``rewards/<name>/std`` (unbiased; 0 for one sample) over the samples
-        counted this round (absent when none), and ``lagrange/<name>``: the λ in use this round."""
+        counted this round (absent when none), ``lagrange/<name>``: the λ in use this round, and with
+        ``maxmin`` ``maxmin/<name>``: each group's weight α."""
         out: dict[str, float] = {}
         if self._count:
             mean = self._sum / self._count  # (C,)
@@ -315,6 +355,9 @@ class RewardMix:
                 out[f"rewards/{name}/std"] = math.sqrt(v)
         for name, lam in zip(self.constrained, self.multipliers.tolist()):
             out[f"lagrange/{name}"] = lam
+        if self.combine == "maxmin":
+            for i, alpha in zip(self._free, self.group_weights.tolist()):
+                out[f"maxmin/{self.names[i]}"] = alpha
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -339,6 +382,7 @@ class RewardMix:
         self._count = int(state["count"])
         self._sum = torch.tensor([float(state["sum"][n]) for n in self.names], dtype=torch.float64)
         self._sumsq = torch.tensor([float(state["sumsq"][n]) for n in self.names], dtype=torch.float64)
+        self._update_group_weights()
 
 
 def check_component(name: str, *, weight: float | None, target: float | None, sense: str,

@@ -28,11 +28,21 @@ Differences from ``model.generate``: greedy decoding gives the same tokens (test
 the same distributions (temperature, then top-k, then top-p: the smallest set of most likely tokens whose
 mass reaches ``top_p``, at least one, as transformers' ``TopPLogitsWarper`` up to ties), but by inverse
 CDF (:func:`draw`) rather than ``torch.multinomial``, so one seed gives different samples in the two.
+
+Several processes (``accelerate launch``; :class:`Processes`): a sampler built with ``processes=`` takes
+every process's call with the same prompts, runs the forward passes of its contiguous share of them, and
+returns the whole batch on every process (the completions are gathered). Its draws are those of one
+process: every decode step, each process draws the uniforms of *all* rows still running (their count is
+gathered, one small all-gather per step), in row order, and uses its own rows' slice, so the tokens are
+one process's, whatever the split, up to float rounding of the batched forward (a share is padded to its
+own longest prompt; a rounding difference can only move a draw that falls on a token boundary).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -189,6 +199,80 @@ class Sampler(Protocol):
         ...
 
 
+# -- several processes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes of an ``accelerate launch`` run, as the online loop uses them: this process's
+    ``rank`` among ``world``, and the collectives it needs (every process calls each, in the same order).
+    One process (``world == 1``) makes every collective a no-op."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None
+    """This process's device (``accelerate``'s choice); None for one process (the model stays where it is)."""
+
+    @classmethod
+    def current(cls) -> Processes:
+        """One process, or, when launched with ``WORLD_SIZE > 1``, accelerate's process group (set up here
+        if no ``Accelerator`` has done it yet: gloo on a machine without GPUs, as the trainer does)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return cls(state.process_index, state.num_processes, state.device)
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes the run folder."""
+        return self.rank == 0
+
+    def share(self, n: int) -> tuple[int, int]:
+        """``[lo, hi)``: this process's contiguous share of ``n`` items (the first ``n % world`` get one more)."""
+        size, extra = divmod(n, self.world)
+        lo = self.rank * size + min(self.rank, extra)
+        return lo, lo + size + (self.rank < extra)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (picklable), in rank order, on every process."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's ``value`` (picklable) on every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def counts(self, k: int, device: torch.device) -> list[int]:
+        """Every process's ``k`` (an int), in rank order: one small all-gather, no pickling."""
+        if self.world == 1:
+            return [k]
+        import torch.distributed as dist
+
+        mine = torch.tensor([k], dtype=torch.long, device=device)
+        out = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(out, mine)
+        return [int(x) for x in out]
+
+
 # -- logits processing -------------------------------------------------------------------------------
 
 
@@ -211,12 +295,15 @@ def sampling_logits(logits: Tensor, settings: SamplingSettings) -> Tensor:
     return logits
 
 
-def draw(probs: Tensor, generator: torch.Generator) -> Tensor:
+def draw(probs: Tensor, generator: torch.Generator, uniforms: Tensor | None = None) -> Tensor:
     """One token per row of ``probs`` (R, V) by inverse CDF: the first token whose float64 cumulative mass
     exceeds u·total, u ~ U[0, 1). Exact up to float64 rounding (tokens of probability 0 are never
-    drawn), and ~10x faster on CPU than ``torch.multinomial``, which it replaces."""
+    drawn), and ~10x faster on CPU than ``torch.multinomial``, which it replaces. ``uniforms`` (R, 1)
+    float64: the u's, drawn by the caller (several processes); default: drawn here from ``generator``."""
     cdf = probs.double().cumsum(-1)  # (R, V)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
+    u = uniforms * cdf[:, -1:]
     picked = torch.searchsorted(cdf, u, right=True).squeeze(1)
     return torch.minimum(picked, cdf.argmax(-1))  # u rounded up to the total: the last token with mass
 
@@ -323,6 +410,8 @@ class TorchSampler:
         seed: seeds the sampler's generator stream (used by calls whose settings have no seed).
         eos_token_ids: token ids that end a completion; default: the tokenizer's EOS and the model's
             ``generation_config.eos_token_id``.
+        processes: several processes sampling one batch together (module docstring); every process
+            calls ``sample`` with the same prompts and gets the whole batch. None: this process alone.
 
     The algorithm, per call: left-pad the prompts (attention mask 0 on padding,
     positions counted from each prompt's first real token, so a row's result does not depend on its
@@ -333,8 +422,9 @@ class TorchSampler:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, mixture: tuple[nn.Module, float] | None = None,
-                 seed: int = 0, eos_token_ids: list[int] | None = None):
+                 seed: int = 0, eos_token_ids: list[int] | None = None, processes: Processes | None = None):
         self.model = model
+        self.processes = processes if processes is not None and processes.world > 1 else None
         self.tokenizer = tokenizer
         self.reference: nn.Module | None = None
         self.beta = 0.0
@@ -376,21 +466,53 @@ class TorchSampler:
             generator.manual_seed(settings.seed)
         else:
             generator = self.generator
+        procs = self.processes
+        lo, hi = procs.share(len(prompts_ids)) if procs is not None else (0, len(prompts_ids))
         models = [self.model] + ([self.reference] if self.reference is not None else [])
         modes = [m.training for m in models]
         try:
             for m in models:
                 m.eval()
             with torch.inference_mode():
-                raw = self._generate(prompts_ids, settings, n, generator)
+                raw = self._generate(prompts_ids[lo:hi], settings, n, generator)
         finally:
             for m, mode in zip(models, modes):
                 m.train(mode)
-        return SampleBatch(self._completions(raw, settings, n), n, settings)
+        completions = self._completions(raw, settings, n) if raw is not None else []
+        if procs is not None:  # this process's rows, then everyone's, in prompt order
+            mine = [dataclasses.replace(c, prompt_index=c.prompt_index + lo) for c in completions]
+            completions = [c for part in procs.gather(mine) for c in part]
+        return SampleBatch(completions, n, settings)
+
+    def _uniforms(self, rows: int, settings: SamplingSettings, generator: torch.Generator) -> Tensor | None:
+        """Several processes: this step's uniforms of this process's ``rows`` running rows, out of the draw
+        of all running rows of all processes (module docstring); None when no row runs anywhere (stop).
+        One process: an empty tensor (``draw`` draws its own)."""
+        procs = self.processes
+        if procs is None:
+            return torch.empty(0)
+        counts = procs.counts(rows, self.device)
+        if sum(counts) == 0:
+            return None
+        if settings.greedy:
+            return torch.empty(0)
+        offset = sum(counts[:procs.rank])
+        u = torch.rand(sum(counts), 1, generator=generator, dtype=torch.float64, device=self.device)
+        return u[offset:offset + rows]
+
+    def _follow(self, settings: SamplingSettings, generator: torch.Generator, steps: int) -> None:
+        """Several processes, none of this process's rows running: take part in the remaining ``steps``
+        decode steps' draws until every process's rows have finished."""
+        for _ in range(steps):
+            if self._uniforms(0, settings, generator) is None:
+                return
 
     def _generate(self, prompts_ids: list[list[int]], settings: SamplingSettings, n: int,
-                  generator: torch.Generator) -> dict[str, Any]:
+                  generator: torch.Generator) -> dict[str, Any] | None:
         dev = self.device
+        if not prompts_ids:  # several processes, more of them than prompts: only the draws
+            self._follow(settings, generator, settings.max_new_tokens)
+            return None
         num_prompts, max_new = len(prompts_ids), settings.max_new_tokens
         width = max(len(p) for p in prompts_ids)
         ids = torch.full((num_prompts, width), self.pad_id, dtype=torch.long)
@@ -428,6 +550,9 @@ class TorchSampler:
 
         tok = torch.empty(0, dtype=torch.long, device=dev)  # the tokens sampled at the previous step
         for t in range(max_new):
+            uniforms = self._uniforms(len(active_list), settings, generator)
+            if uniforms is None:
+                break
             if t > 0:
                 cols = width + t
                 logits = [s.step(tok, mask[:, :cols], next_pos) for s in steppers]
@@ -442,7 +567,7 @@ class TorchSampler:
                 s_lp = None
             else:
                 dist = base if plain else torch.log_softmax(sampling_logits(base, settings), dim=-1)
-                tok = draw(dist.exp(), generator)
+                tok = draw(dist.exp(), generator, uniforms if uniforms.numel() else None)
                 s_lp = dist.gather(1, tok[:, None]).squeeze(1)
             tokens[active, t] = tok
             policy_lp[active, t] = p_lp.gather(1, tok[:, None]).squeeze(1)
@@ -472,6 +597,8 @@ class TorchSampler:
                 else:
                     keep_idx.append(j)
             if not keep_idx or t == max_new - 1:
+                if not keep_idx and self.processes is not None:
+                    self._follow(settings, generator, max_new - 1 - t)
                 break
             keep = torch.tensor(keep_idx, dtype=torch.long, device=dev)
             for s in steppers:
@@ -545,5 +672,5 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return ids
 
 
-__all__ = ["SamplingSettings", "Completion", "SampleBatch", "Sampler", "TorchSampler", "sampling_logits",
+__all__ = ["Processes", "SamplingSettings", "Completion", "SampleBatch", "Sampler", "TorchSampler", "sampling_logits",
            "mixture_logps", "draw", "decode_batch", "StopReason"]

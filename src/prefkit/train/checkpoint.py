@@ -5,6 +5,10 @@ Layout of ``<run>/checkpoints/step-00000012/``:
 - ``model.safetensors``: the trainable parameters (all weights, or only the LoRA adapter);
 - ``optimizer.pt``, ``scheduler.pt``: ``state_dict()`` s of our own objects, read back with
   ``torch.load(weights_only=True)``;
+- a sharded (FSDP) run writes ``sharded/`` instead of ``model.safetensors`` and ``optimizer.pt``: the
+  trainable parameters and AdamW states, each process its own shards, with ``torch.distributed.checkpoint``
+  (DCP; ``.metadata`` plus ``__<rank>_0.distcp`` files). It resumes on the same number of processes;
+  the final model (``<run>/model``) is gathered into plain safetensors;
 - ``rng-<rank>.safetensors``: torch CPU (and CUDA) generator states of each process;
 - ``trainer_state.json``: step, data position (epoch, batch), Python and NumPy RNG states per rank;
 - ``rank-<rank>.json``: each process's own loop state (the metric sums since the last logged line);
@@ -38,6 +42,7 @@ from prefkit.errors import PrefkitError
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_DIR = re.compile(r"^\.tmp-step-(\d+)$")
 STAMP = "prefkit-checkpoint.json"
+SHARDED = "sharded"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -105,11 +110,12 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimizer: Any, scheduler: Any,
                     state: dict[str, Any], keep_last: int, accelerator: Any = None,
-                    rank_state: dict[str, Any] | None = None) -> Path | None:
+                    rank_state: dict[str, Any] | None = None, sharded: bool = False) -> Path | None:
     """Write ``checkpoints/step-<step>`` atomically and prune to the last ``keep_last`` of prefkit's own.
 
-    Every process calls this (each saves its RNG state and ``rank_state``); the main process writes the
-    rest and renames. Returns the checkpoint path on the main process.
+    Every process calls this (each saves its RNG state and ``rank_state``, and with ``sharded`` its
+    shards of the model and optimizer); the main process writes the rest and renames. Returns the
+    checkpoint path on the main process.
     """
     rank = accelerator.process_index if accelerator is not None else 0
     main = rank == 0
@@ -135,10 +141,15 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimiz
     save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
     (tmp / f"rng-{rank}.json").write_text(json.dumps(plain))
     (tmp / f"rank-{rank}.json").write_text(json.dumps(rank_state or {}))
+    if sharded:  # a collective: every process writes its shards
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / SHARDED))
     _barrier(accelerator)
     if main:
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            save_file(trainable_state(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
         _fsync_dir(tmp)
@@ -158,10 +169,30 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: nn.Module, optimiz
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any, scheduler: Any,
-                    accelerator: Any = None) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and this process's RNG states; returns the trainer state."""
+                    accelerator: Any = None, sharded: bool = False) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this process's RNG states; returns the trainer state.
+    ``sharded``: every process calls it and reads its own shards (``sharded/``)."""
     path = Path(path)
     rank = accelerator.process_index if accelerator is not None else 0
+    if sharded != (path / SHARDED).is_dir():
+        raise PrefkitError(f"checkpoint {path} is {'' if (path / SHARDED).is_dir() else 'not '}sharded; resume with "
+                           "the distributed.strategy and number of processes it was written with")
+    if sharded:
+        _load_sharded(path / SHARDED, model, optimizer)
+    else:
+        _load_full(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{rank}.safetensors"
+    if rng_file.is_file():
+        set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-{rank}.json").read_text()))
+    state = json.loads((path / "trainer_state.json").read_text())
+    rank_file = path / f"rank-{rank}.json"
+    state["rank_state"] = json.loads(rank_file.read_text()) if rank_file.is_file() else {}
+    return state
+
+
+def _load_full(path: Path, model: nn.Module, optimizer: Any) -> None:
+    """Copy ``model.safetensors`` into the model's trainable parameters and load ``optimizer.pt``."""
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -172,14 +203,29 @@ def load_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any, sched
         for name, value in weights.items():
             params[name].copy_(value)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng-{rank}.safetensors"
-    if rng_file.is_file():
-        set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-{rank}.json").read_text()))
-    state = json.loads((path / "trainer_state.json").read_text())
-    rank_file = path / f"rank-{rank}.json"
-    state["rank_state"] = json.loads(rank_file.read_text()) if rank_file.is_file() else {}
-    return state
+
+
+_OPTIONS: dict[str, Any] = {"ignore_frozen_params": True}
+"""What a sharded checkpoint holds: the trainable parameters (all, or the LoRA adapter) and their AdamW states."""
+
+
+def _sharded_state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """``{"model": ..., "optimizer": ...}``: this process's shards, keyed by parameter name (DCP's form)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=StateDictOptions(**_OPTIONS))
+    return {"model": model_state, "optimizer": optim_state}
+
+
+def _load_sharded(folder: Path, model: nn.Module, optimizer: Any) -> None:
+    """Read this process's shards from ``folder`` into the (sharded) model and optimizer: a collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = _sharded_state(model, optimizer)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(**_OPTIONS))
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -193,9 +239,10 @@ def _barrier(accelerator: Any) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    for f in directory.iterdir():
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_state", "latest_checkpoint", "list_checkpoints", "checkpoint_dir",

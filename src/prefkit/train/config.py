@@ -32,10 +32,12 @@ from typing import Any, Literal
 
 import yaml
 
+from prefkit.data.condition import UserConditioning
 from prefkit.data.encode import EncodeConfig
 from prefkit.errors import ConfigError, did_you_mean
 from prefkit.losses import DEFAULT_LOSS, DEFAULT_REWARD_LOSS
 from prefkit.models.heads import DEFAULT_TIE_MODEL, TIE_MODELS, RewardModelConfig
+from prefkit.train.distributed import DistributedConfig, check_config
 from prefkit.train.eval_config import EvalConfig
 from prefkit.train.trl import apply_trl_keys
 
@@ -72,10 +74,14 @@ class ModelConfig:
     """Scored tokens per output-layer chunk in the log-prob engine (memory ~ chunk_size x vocab x 8 B)."""
     packing: bool = True
     """Padding-free fast path (sequences packed end to end; same results) for the policy's log-probs and
-    for reward models on causal decoder backbones; falls back to padded rows for models it cannot run
-    (bidirectional encoders, sliding-window attention)."""
+    for reward models on causal decoder and BERT-family encoder backbones; falls back to padded rows for
+    models it cannot run (other encoders, sliding-window attention)."""
     share_prefix: bool = True
     """With ``model.packing``, encode each example's prompt once for all its completions (exact)."""
+    dropout: bool = False
+    """Keep the model's own dropout layers during training (policy, reward-model backbone, online policy).
+    Off by default, as TRL's ``disable_dropout``: dropout adds noise to log-ratios and reward margins and
+    slows training. ``lora.dropout`` and ``reward.dropout`` apply either way."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -147,6 +153,10 @@ class DataConfig:
     eval_by: str | None = None
     """Reward models: a column (record field or metadata key, e.g. ``subset``) to break the evaluation
     report's accuracy down by."""
+    condition_on_users: UserConditioning | None = None
+    """User-conditioned policy (P-RLHF, user tokens): options of ``prefkit.data.condition.UserConditioning``
+    (``{by: group}``; ``{}`` for the defaults) put a marker naming each record's user (or group) into its
+    prompt; evaluation users not in the training data get the generic marker. null: prompts as read."""
 
     def __post_init__(self) -> None:
         check_number("data.eval_fraction", self.eval_fraction, "[0, 1)")
@@ -282,11 +292,14 @@ class RunConfig:
     """Outputs."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Policy diagnostics during training (``prefkit.train.eval_config.EvalConfig``)."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Several processes: DDP or FSDP (``prefkit.train.distributed``, docs/distributed.md)."""
     reward: RewardModelConfig | None = None
     """A reward-model job (``prefkit rm train``): head, pooling, input length and truncation of the reward
     model on the ``model.path`` backbone (``prefkit.models.heads.RewardModelConfig``); null for a policy."""
 
     def __post_init__(self) -> None:
+        check_config(self.distributed.strategy, self.train.mixed_precision)
         if self.reference.mode == "adapters_off" and self.lora.r == 0:
             raise ConfigError("reference.mode=adapters_off needs a LoRA adapter (set lora.r > 0)")
         rm = self.reward

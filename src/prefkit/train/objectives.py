@@ -31,7 +31,7 @@ from prefkit.losses.registry import get_loss
 from prefkit.losses.reward import ListScores, PairScores, RatingScores
 from prefkit.losses.transforms import ld_dpo, wpo_weights
 from prefkit.losses.types import LossSpec
-from prefkit.models.heads import GPMHead
+from prefkit.models.heads import PERSONAL_HEADS
 from prefkit.models.logprobs import SequenceLogps, list_logps, pair_logps, sequence_logps, unpaired_logps
 from prefkit.models.reward_inputs import RewardTokens
 from prefkit.train.config import RunConfig, check_head_and_loss
@@ -229,11 +229,17 @@ class RewardObjective:
     model inputs (:meth:`RewardTokens.wrap`: truncation from ``truncation_side`` and the tokenizer's
     special tokens) and puts rating attributes in the head's order. ``__call__`` builds the loss input:
 
-    - ``reward_pair``: ``PairScores(r_chosen, r_rejected)``; for GPM ``(s/2, −s/2)`` with
-      ``s = v_cᵀ R v_r``, so the loss's ``r_c − r_r`` is the GPM preference logit; for a loss whose
-      registry entry names ``head_params``, the tie head passes its learned ``theta`` / ``nu``;
+    - ``reward_pair``: ``PairScores(r_chosen, r_rejected)``; for a head whose pair log-odds are not a
+      reward difference (``scalar_preference`` False: GPM's ``s = v_cᵀ R v_r``, the mixture's
+      ``logit Σ_k π_k σ(r_k(c) − r_k(r))``) ``(s/2, −s/2)``, so the loss's ``r_c − r_r`` is ``s`` and
+      Bradley–Terry's loss is exactly ``−log P(chosen ≻ rejected)``; for a loss whose registry entry
+      names ``head_params``, the tie head passes its learned ``theta`` / ``nu``;
     - ``reward_list``: ``ListScores`` (B, K) rewards, best first;
     - ``reward_rating``: ``RatingScores`` of the attribute scores (B, A) (multi head) or rewards (B,).
+
+    A personal head (``personal``: PAL, VPL, MaxMin) gets each row's user index, from ``batch.user_ids``
+    through ``head.user_index`` (an unknown user is a DataError). A head output's ``penalty`` (N,) (VPL's
+    ``β · KL``) is summed over each example's rows and added to its loss (metric ``rewards/penalty``).
     """
 
     loss_name: str
@@ -249,9 +255,17 @@ class RewardObjective:
     """The model's padding-free fast path (``model.packing``; causal decoder backbones only)."""
     share_prefix: bool = True
     """With ``packing`` and ``"last"`` pooling, each example's prompt once (``model.share_prefix``)."""
+    personal: bool = False
+    """The head conditions on the user (``prefkit.models.heads.PERSONAL_HEADS``): every record needs a
+    ``user_id``."""
 
     def prepare(self, examples: list[EncodedExample], seed: int,
                 report: TruncationReport | None = None) -> list[EncodedExample]:
+        if self.personal:
+            missing = sum(ex.user_id is None for ex in examples)
+            if missing:
+                raise DataError(f"a personal reward head learns per user, but {missing} of {len(examples)} records "
+                                "have no user_id; give every record a user_id or use a user-blind head")
         out = []
         for ex in examples:
             prompt = ex.sequences[0].prompt_ids
@@ -270,15 +284,19 @@ class RewardObjective:
     def __call__(self, model: nn.Module, batch: Batch, reference: Any = None, *,
                  reward_mean: float | None = None) -> StepOutput:
         head = model.head
-        out = model(batch.input_ids, batch.attention_mask, group_size=batch.group_size, packing=self.packing,
-                    share_prefix=self.share_prefix)
         b, g = batch.num_examples, batch.group_size
+        users = None
+        if head.personal:  # (N,) one user index per row: example b's on rows g * B + b
+            users = (head.user_index(batch.user_ids) if batch.user_ids is not None
+                     else torch.full((b,), -1, dtype=torch.long)).to(batch.input_ids.device).repeat(g)
+        out = model(batch.input_ids, batch.attention_mask, group_size=batch.group_size, packing=self.packing,
+                    share_prefix=self.share_prefix, users=users)
         kind = self.spec.kind
         params = dict(self.params)
         metrics: dict[str, Tensor] = {}
         if kind == "reward_pair":
             first, second = out.select(slice(0, b)), out.select(slice(b, 2 * b))
-            if isinstance(head, GPMHead):
+            if not head.scalar_preference:
                 s = head.preference_logits(first, second)  # (B,)
                 pred = PairScores(s / 2, -s / 2)
             else:
@@ -300,7 +318,12 @@ class RewardObjective:
                 correct = torch.where(batch.ties.bool(), torch.full_like(correct, math.nan), correct)
             metrics["rewards/accuracies"] = correct
         metrics.update(loss.metrics)
-        return StepOutput(loss.losses, {k: v.detach().float() for k, v in metrics.items()})
+        losses = loss.losses
+        if out.penalty is not None:
+            penalty = out.penalty.reshape(g, b).sum(0)  # (B,) each example's regulariser (VPL: β KL)
+            losses = losses + penalty
+            metrics["rewards/penalty"] = penalty
+        return StepOutput(losses, {k: v.detach().float() for k, v in metrics.items()})
 
 
 def make_objective(config: RunConfig, tokens: RewardTokens | None = None) -> Objective:
@@ -318,7 +341,8 @@ def make_objective(config: RunConfig, tokens: RewardTokens | None = None) -> Obj
     if tokens is None:
         raise ConfigError("a reward-model objective needs the model's RewardTokens (model.tokens())")
     return RewardObjective(config.loss.name, spec, dict(config.loss.params), tokens, tuple(config.reward.attributes),
-                           packing=mc.packing, share_prefix=mc.share_prefix)
+                           packing=mc.packing, share_prefix=mc.share_prefix,
+                           personal=config.reward.head in PERSONAL_HEADS)
 
 
 __all__ = ["Objective", "StepOutput", "PreferenceObjective", "RewardObjective", "make_objective",

@@ -18,7 +18,6 @@ same loop, logging and checkpoints.
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import time
@@ -35,10 +34,10 @@ from prefkit.data.batch import Batch
 from prefkit.data.encode import Encoder, collate
 from prefkit.data.records import Record
 from prefkit.errors import ConfigError, PrefkitError
-from prefkit.models.load import frozen_copy, is_peft, quiet_loading
+from prefkit.models.load import disable_dropout, frozen_copy, is_peft, quiet_loading
 from prefkit.models.logprobs import SequenceLogps
 from prefkit.train import checkpoint as ckpt
-from prefkit.train import rundir
+from prefkit.train import distributed, rundir
 from prefkit.train.config import RunConfig, dump_config, to_dict
 from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar, read_metrics
 from prefkit.train.objectives import Objective, StepOutput, make_objective
@@ -72,6 +71,8 @@ class PolicyStep(nn.Module):
     its gradient synchronisation hooks are armed by its own ``forward``. Wrapping this module instead
     routes every training forward through the wrapper's ``forward``, whatever the objective does
     inside. The objective is kept as a plain attribute (not a submodule): its state is not replicated.
+    ``reference`` may be a function of no arguments that computes it: it then runs inside this forward,
+    where a sharded (FSDP) policy's root weights are gathered (the "adapters off" reference is the policy).
     """
 
     def __init__(self, model: nn.Module, objective: Objective):
@@ -79,37 +80,11 @@ class PolicyStep(nn.Module):
         self.model = model
         object.__setattr__(self, "objective", objective)
 
-    def forward(self, batch: Batch, reference: SequenceLogps | None, reward_mean: float | None = None) -> StepOutput:
+    def forward(self, batch: Batch, reference: SequenceLogps | Callable[[], SequenceLogps | None] | None,
+                reward_mean: float | None = None) -> StepOutput:
+        if callable(reference):
+            reference = reference()
         return self.objective(self.model, batch, reference, reward_mean=reward_mean)
-
-
-def _accelerator(mixed_precision: str, cpu: bool) -> Any:
-    """A new ``Accelerator``. accelerate keeps one process-wide state and refuses a second Accelerator
-    with other settings; in a single, unlaunched process (several Trainers in one script or test
-    session) that state is reset first, so each Trainer gets its own precision. Launched runs keep it.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and int(os.environ.get("WORLD_SIZE", "1")) == 1 and state.get("mixed_precision") != mixed_precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    if accelerator.num_processes > 1:
-        atexit.unregister(_destroy_process_group)  # registered once per process, however many Trainers
-        atexit.register(_destroy_process_group)
-    return accelerator
-
-
-def _destroy_process_group() -> None:
-    """Tear the process group down before the interpreter exits, as PyTorch advises for launched runs
-    (otherwise the c10d objects die in interpreter teardown, in no set order). Not done at the end of
-    ``train()``: a script may run several Trainers in one launch (the demo runs two). An occasional rank
-    abort of the 2-process test under CPU load is not explained by this and not shown fixed by it."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # -- data order --------------------------------------------------------------------------------------------
@@ -162,19 +137,20 @@ class Trainer:
     reference as a frozen copy, the policy with adapters off, or cached log-probs; LoRA;
     mixed precision, gradient accumulation (losses normalised by the examples of the whole optimizer
     step, across micro-batches and processes), gradient clipping, AdamW, warmup + cosine/linear decay,
-    gradient checkpointing, periodic evaluation; multi-process data parallel (``accelerate launch``);
-    atomic checkpoints and exact resume (model, optimizer, scheduler, RNG, data position).
+    gradient checkpointing, periodic evaluation; several processes (``accelerate launch``): DDP, or FSDP2
+    sharding (``distributed.strategy=fsdp``, :mod:`prefkit.train.distributed`); atomic checkpoints (sharded
+    ones with ``torch.distributed.checkpoint``) and exact resume (model, optimizer, scheduler, RNG, data position).
 
     Assumptions: the model is a causal LM (``*ForCausalLM``, optionally PEFT-wrapped) or what a custom
     objective expects; every example of a dataset has the same group size (rankings: the same k). The
-    distributed layer is ``accelerate``'s: the policy and the objective go through ``accelerator.prepare``
-    as one :class:`PolicyStep` (DDP when ``num_processes > 1``), so every training forward passes through
-    the wrapper; micro-steps before the last one of an optimizer step run under ``accelerator.no_sync``.
-    Every trainable parameter must get a gradient in every step (DDP without ``find_unused_parameters``).
-    ``self.model`` stays the unwrapped policy: checkpoints, the frozen reference copy and the saved model
-    are taken from it, which assumes full replicas on every process (DDP); sharded setups (FSDP,
-    DeepSpeed ZeRO-3) run the loop but their checkpoints are not gathered here. Evaluation runs the
-    unwrapped module (no gradients, and processes may hold different numbers of eval batches).
+    distributed layer is ``accelerate``'s: the policy and the objective are one :class:`PolicyStep`, which
+    ``accelerator.prepare`` wraps in DDP when ``num_processes > 1`` (or FSDP2 shards, as its root), so every
+    training forward passes through the wrapper; DDP micro-steps before the last one of an optimizer step
+    run under ``accelerator.no_sync``. Every trainable parameter must get a gradient in every step (DDP
+    without ``find_unused_parameters``). ``self.model`` is the policy inside the wrapper: under DDP a full
+    replica (checkpoints and the saved model are taken from it); under FSDP its parameters are shards, so
+    checkpoints are sharded and the saved model is gathered first. Evaluation runs the unwrapped module
+    (no gradients; under FSDP every process runs as many batches as the busiest one).
     """
 
     def __init__(self, config: RunConfig, model: nn.Module, tokenizer: Any,
@@ -206,7 +182,7 @@ class Trainer:
         # Several processes and no GPU (``accelerate launch --multi_gpu --num_processes 2`` on a CPU
         # machine): accelerate needs cpu=True to pick gloo.
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = accelerator or _accelerator(config.train.mixed_precision, cpu)
+        self.accelerator = accelerator or distributed.make_accelerator(config.train.mixed_precision, cpu)
         self.device = self.accelerator.device
         self.run_dir = Path(config.output.dir)
         self.objective = objective or make_objective(config)
@@ -230,6 +206,8 @@ class Trainer:
         if not self.examples["train"]:
             raise PrefkitError("no training examples left after encoding; check data.train and encode.*")
         self.model = model.to(self.device)
+        if not config.model.dropout:  # before any frozen copy: policy, reference and reward model alike
+            disable_dropout(model)
         if config.model.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -237,17 +215,25 @@ class Trainer:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if is_peft(model):
                 model.enable_input_require_grads()
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self._step_module = PolicyStep(model, self.objective)
-        tc = config.train
+        tc, dc = config.train, config.distributed
+        distributed.check_accelerator(self.accelerator)
+        self.sharded = distributed.is_sharded(self.accelerator, dc.strategy)
+        if self.sharded:  # FSDP: the policy (PolicyStep as root) sharded before the optimizer sees its parameters
+            distributed.check_sharded_run(model, evaluators=bool(self.evaluators), save_model=config.output.save_model)
+            if reference is None and reference_model is None and self._reference_mode() in ("frozen", "precomputed"):
+                reference_model = frozen_copy(model)  # the policy as it is now, copied before it is sharded
+            distributed.shard(self._step_module, model, dc, tc.mixed_precision, self.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.order = DataOrder(len(self.examples["train"]), tc.batch_size, tc.seed,
                                self.accelerator.process_index, self.accelerator.num_processes)
         self.total_steps = tc.max_steps or max(1, int(tc.epochs * self.order.batches_per_epoch) // tc.grad_accum)
         optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
-        # One prepare call for module and optimizer (FSDP/DeepSpeed re-map the optimizer's parameters).
-        # The scheduler stays ours: accelerate's wrapper would step it once per process.
-        self.step_module, self.optimizer = self.accelerator.prepare(self._step_module, optimizer)
+        # DDP: one prepare call for module and optimizer; FSDP: both are ready (sharded above). The
+        # scheduler stays ours: accelerate's wrapper would step it once per process.
+        self.step_module, self.optimizer = ((self._step_module, optimizer) if self.sharded
+                                            else self.accelerator.prepare(self._step_module, optimizer))
         from transformers import get_scheduler
 
         warmup = tc.warmup_steps or math.ceil(tc.warmup_ratio * self.total_steps)
@@ -255,6 +241,8 @@ class Trainer:
                                        optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         self._reference_model: nn.Module | Callable[[], nn.Module] | None = reference_model
         self._reference_weights = reference_weights
+        self._sources: dict[tuple[int, bool], ReferenceSource] = {}  # one (sharded) source per reference model
+        self._weights_hash: str | None = None
         self.reference = {"train": reference, "eval": reference}
         if reference is None and self.objective.needs_reference:
             self.reference = {split: self._build_reference(split) for split in ("train", "eval")}
@@ -267,11 +255,12 @@ class Trainer:
 
     # -- reference ------------------------------------------------------------------------------------
 
+    def _reference_mode(self) -> str:
+        mode = self.config.reference.mode
+        return ("adapters_off" if is_peft(self.model) else "frozen") if mode == "auto" else mode
+
     def _build_reference(self, split: str) -> ReferenceSource | None:
-        cfg = self.config
-        mode = cfg.reference.mode
-        if mode == "auto":
-            mode = "adapters_off" if is_peft(self.model) else "frozen"
+        mode = self._reference_mode()
         if mode == "adapters_off":
             if not is_peft(self.model):
                 raise ConfigError("reference.mode=adapters_off needs a LoRA policy (set lora.r > 0)")
@@ -282,10 +271,21 @@ class Trainer:
             return None
         return CachedReference(self._cached_table(split))
 
-    def _model_reference(self, model: nn.Module, adapters_off: bool = False) -> ModelReference:
-        mc = self.config.model
-        return ModelReference(model, adapters_off=adapters_off, chunk_size=mc.chunk_size,
-                              token_logps=self.objective.token_logps, packing=mc.packing, share_prefix=mc.share_prefix)
+    def _model_reference(self, model: nn.Module, adapters_off: bool = False) -> ReferenceSource:
+        """Log-probs of ``model`` (no gradients). FSDP: a separate reference model is sharded like the policy
+        under its own root; the adapters-off reference is the policy and runs inside the policy's forward."""
+        key = (id(model), adapters_off)
+        if key not in self._sources:
+            mc = self.config.model
+            source: ReferenceSource = ModelReference(
+                model, adapters_off=adapters_off, chunk_size=mc.chunk_size, token_logps=self.objective.token_logps,
+                packing=mc.packing, share_prefix=mc.share_prefix)
+            if self.sharded and not adapters_off:
+                source = distributed.ShardedReference(model, source)
+                distributed.shard(source, model, self.config.distributed, self.config.train.mixed_precision,
+                                  self.device)
+            self._sources[key] = source
+        return self._sources[key]
 
     def _get_reference_model(self) -> nn.Module:
         """The frozen reference model, built on first use (default: a frozen copy of the policy now)."""
@@ -299,14 +299,13 @@ class Trainer:
         """The four cache-key parts for ``split``'s reference log-probs."""
         cfg = self.config
         precision = (cfg.model.dtype, cfg.train.mixed_precision)
-        if self._reference_weights is not None:
-            weights = hash_weights(self._reference_weights, precision)
-        elif self._reference_model is None:  # the reference is the policy as it is now (LoRA left out)
-            weights = hash_weights(self.model, precision)
-        else:
-            weights = hash_weights(self._get_reference_model(), precision)
+        if self._weights_hash is None:  # hashed once, before a (FSDP) reference model is sharded
+            source = (self._reference_weights if self._reference_weights is not None
+                      else self.model if self._reference_model is None  # the policy as it is now (LoRA left out)
+                      else self._get_reference_model())
+            self._weights_hash = hash_weights(source, precision)
         kl = self.objective.kl_pairs
-        return {"weights": weights, "tokenizer": hash_tokenizer(self.tokenizer),
+        return {"weights": self._weights_hash, "tokenizer": hash_tokenizer(self.tokenizer),
                 "data": hash_records(self.records[split], ("kl_pairs", kl, cfg.train.seed if kl else None)),
                 "encoding": hash_settings(cfg.encode)}
 
@@ -318,12 +317,14 @@ class Trainer:
             self._say(f"reference log-probs ({split}): cache hit {cache.path(parts).name}")
             return table
         self._say(f"reference log-probs ({split}): {cache.explain_miss(parts)}; computing")
-        # every process computes its batches; the main process writes the gathered table, all then load it
+        # every process computes its batches; the main process writes the gathered table, all then load it.
+        # FSDP: every forward is a collective, so every process runs every batch (sharded weights, no split).
+        rank, world = (0, 1) if self.sharded else (acc.process_index, acc.num_processes)
         shard = compute_shard(self._model_reference(self._get_reference_model()), self.examples[split],
-                              self.encoder.pad_id, batch_size=cfg.reference.batch_size, rank=acc.process_index,
-                              world_size=acc.num_processes, device=self.device, autocast=acc.autocast)
+                              self.encoder.pad_id, batch_size=cfg.reference.batch_size, rank=rank,
+                              world_size=world, device=self.device, autocast=acc.autocast)
         shards: list[Any] = [shard]
-        if acc.num_processes > 1:
+        if world > 1:
             shards = [None] * acc.num_processes if acc.is_main_process else []
             torch.distributed.gather_object(shard, shards if acc.is_main_process else None, dst=0)
         if acc.is_main_process:
@@ -348,8 +349,9 @@ class Trainer:
         batch = collate([self.examples[split][i] for i in indices.tolist()], self.encoder.pad_id).to(self.device)
         step = self.step_module if split == "train" else self._step_module
         with self.accelerator.autocast():
-            ref_source = self.reference[split]
-            ref = ref_source(batch, indices) if self.objective.needs_reference and ref_source else None
+            source = self.reference[split]
+            # computed inside the step's forward (FSDP: where the policy's root weights are gathered)
+            ref = (lambda: source(batch, indices)) if self.objective.needs_reference and source else None
             return step(batch, ref, self._reward_mean()), batch
 
     def _reward_mean(self) -> float | None:
@@ -436,7 +438,8 @@ class Trainer:
                         _add_metric(sums, key, value, len(indices))
                 # null (config) disables clipping; so does 0, which older configs used for that
                 max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else math.inf  # null: no clipping
-                grad_norm = acc.clip_grad_norm_(self.step_module.parameters(), max_norm)
+                grad_norm = (distributed.clip_grad_norm(self.params, max_norm) if self.sharded
+                             else acc.clip_grad_norm_(self.step_module.parameters(), max_norm))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -465,11 +468,10 @@ class Trainer:
                 if tc.save_every and step % tc.save_every == 0:
                     self.save_checkpoint()
         last.update(self._log_eval(writer, self.total_steps))
-        if acc.is_main_process:
-            if cfg.output.save_model:
-                self.save_model(self.run_dir / "model")
-            if cfg.output.plots:
-                plot_metrics(self.run_dir)
+        if cfg.output.save_model:
+            self.save_model(self.run_dir / "model")
+        if acc.is_main_process and cfg.output.plots:
+            plot_metrics(self.run_dir)
         if writer is not None:
             writer.close()
         acc.wait_for_everyone()
@@ -481,15 +483,21 @@ class Trainer:
         if not examples:
             return {}
         bs, acc = self.config.train.batch_size, self.accelerator
-        starts = list(range(0, len(examples), bs))[acc.process_index::acc.num_processes]
-        if self.config.train.eval_batches:
-            starts = starts[:self.config.train.eval_batches]
+        every = list(range(0, len(examples), bs))
+        limit = self.config.train.eval_batches or len(every)
+        starts = every[acc.process_index::acc.num_processes][:limit]
+        # FSDP: every forward is a collective, so every process runs as many batches as the busiest one
+        # (the extra ones repeat the first batch and are not counted)
+        rounds = min(limit, -(-len(every) // acc.num_processes)) if self.sharded else len(starts)
         was_training = self._step_module.training
         self._step_module.eval()
         sums: dict[str, list[float]] = {}
         with torch.no_grad():
-            for s in starts:
+            for i in range(rounds):
+                s = starts[i] if i < len(starts) else 0
                 out, batch = self._forward("eval", torch.arange(s, min(s + bs, len(examples))))
+                if i >= len(starts):
+                    continue
                 weight = batch.weight.to(out.losses) if batch.weight is not None else torch.ones_like(out.losses)
                 _add(sums, "loss", (out.losses * weight).sum(), len(out.losses))
                 for key, value in out.metrics.items():
@@ -526,7 +534,7 @@ class Trainer:
                    "log_seconds": time.perf_counter() - self._log_t0}
         return ckpt.save_checkpoint(self.run_dir, self.step, model=self.model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last,
-                                    accelerator=self.accelerator, rank_state=partial)
+                                    accelerator=self.accelerator, rank_state=partial, sharded=self.sharded)
 
     def _claim_run_dir(self, resume: bool) -> None:
         """Every process checks the run folder (one ``ConfigError`` line if it is not prefkit's to write);
@@ -546,7 +554,7 @@ class Trainer:
                                "start without --resume")
         self._check_resumable(ckpt.read_state(path))
         state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     accelerator=self.accelerator)
+                                     accelerator=self.accelerator, sharded=self.sharded)
         self.order.epoch, self.order.batch, self.step = state["epoch"], state["batch"], state["step"]
         if self.reward_mean is not None and state.get("reward_mean"):
             self.reward_mean = list(state["reward_mean"])
@@ -571,16 +579,21 @@ class Trainer:
                               "same settings (or start a new run)")
 
     def save_model(self, path: str | Path) -> None:
-        """``save_pretrained`` (safetensors) of the model (PEFT: the adapter) and the tokenizer."""
+        """``save_pretrained`` (safetensors) of the model (PEFT: the adapter) and the tokenizer, written by
+        the main process. FSDP: every process calls it; the weights are gathered on the main process first."""
         model = self.accelerator.unwrap_model(self.model)
+        gathered = {"state_dict": distributed.full_state_dict(model)} if self.sharded else {}
+        if not self.accelerator.is_main_process:
+            return
         with quiet_loading():  # no "Writing model shards" bar: one progress bar per phase
-            model.save_pretrained(str(path), safe_serialization=True)
+            model.save_pretrained(str(path), safe_serialization=True, **gathered)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
 
 
 RESUME_MAY_CHANGE = ("output.", "eval.", "train.progress", "train.log_every", "train.eval_every",
-                     "train.eval_batches", "train.save_every", "train.keep_last", "reference.cache_dir", "data.eval", "data.eval_fraction")
+                     "train.eval_batches", "train.save_every", "train.keep_last", "reference.cache_dir", "data.eval", "data.eval_fraction",
+                     "distributed.reshard_after_forward", "distributed.cpu_offload")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
