@@ -6,6 +6,7 @@ Thin wrappers over ``prefkit.models.reward`` and ``prefkit.train.run.train_rewar
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -84,7 +85,8 @@ def train_cmd(config_path: str, resume: bool, no_eval: bool, overrides: tuple[st
     else:
         model, _ = train_reward_model(cfg, resume=resume, train_records=train, eval_records=periodic)
     click.echo(f"trained in {time.perf_counter() - start:.0f} s; model saved to {Path(cfg.output.dir) / 'model'}")
-    if evaluation and not no_eval:
+    # Under `accelerate launch` every process holds the trained model: the main process alone reports.
+    if evaluation and not no_eval and int(os.environ.get("RANK", "0")) == 0:
         report = evaluate_reward_model(model, evaluation, by=cfg.data.eval_by)
         print_report(report)
         paths = write_report(report, Path(cfg.output.dir) / "eval")

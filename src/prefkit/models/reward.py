@@ -48,7 +48,14 @@ from prefkit.models.heads import (
     TieHead,
     default_pooling,
 )
-from prefkit.models.load import add_lora, check_model_path, check_tokenizer_path, is_peft, local_dir
+from prefkit.models.load import (
+    add_lora,
+    check_model_path,
+    check_tokenizer_path,
+    is_peft,
+    local_dir,
+    quiet_loading,
+)
 from prefkit.models.packing import backbone_fast_path_unsupported, packed_hidden, padded_is_cheaper
 from prefkit.models.personal import make_head
 from prefkit.models.reward_inputs import (
@@ -73,9 +80,10 @@ class RewardModel(nn.Module):
     path, :mod:`prefkit.models.packing`): the sequences are packed end to end with attention kept inside
     each, and with ``"last"`` pooling the G sequences of an example (``group_size``, rows ``g * B + b``)
     encode their common prefix, the prompt, once. Exact: the pooled features equal the padded
-    computation up to float rounding. Bidirectional encoders (BERT, MiniLM) always run padded: their
-    tokens see the whole sequence, so neither packing with causal segments nor sharing a prompt would
-    be exact. ``packing=False`` (per call, or the ``packing`` attribute) turns it off.
+    computation up to float rounding. BERT-family encoders (MiniLM) run packed too, each sequence's
+    attention bidirectional inside its own segment, with restarting positions and no prompt sharing (a
+    shared prompt would see its completions); other encoders (e.g. RoBERTa, whose positions start at
+    ``padding_idx + 1``) run padded. ``packing=False`` (per call, or the ``packing`` attribute) turns it off.
     """
 
     def __init__(self, backbone: nn.Module, head: RewardHead, config: RewardModelConfig,
@@ -114,8 +122,10 @@ class RewardModel(nn.Module):
             check_model_path(path, "backbone", gguf=False, causal=False)
             if tokenizer is None:
                 check_tokenizer_path(path, "backbone")
-            model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                              local_files_only=True, **({"dtype": dtype} if dtype is not None else {}))
+            with quiet_loading():
+                model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                  local_files_only=True,
+                                                  **({"dtype": dtype} if dtype is not None else {}))
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
         else:
@@ -157,8 +167,9 @@ class RewardModel(nn.Module):
         for legacy in ("lora_r", "lora_alpha"):  # written by older versions (LoRA is merged on save)
             saved.pop(legacy, None)
         config = RewardModelConfig.from_dict(saved)
-        backbone = AutoModel.from_pretrained(root / BACKBONE_DIR, use_safetensors=True,
-                                             trust_remote_code=False, local_files_only=True)
+        with quiet_loading():
+            backbone = AutoModel.from_pretrained(root / BACKBONE_DIR, use_safetensors=True,
+                                                 trust_remote_code=False, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False,
                                                   local_files_only=True)
         head = make_head(config, int(backbone.config.hidden_size))
@@ -223,8 +234,8 @@ class RewardModel(nn.Module):
         """Pooled backbone features (N, H) of N = G * B right- or left-padded rows.
 
         ``group_size`` G: rows ``g * B + b`` are the G sequences of example b (they may share a prompt).
-        ``packing`` / ``share_prefix``: the fast path (default: the model's attributes); it runs only on
-        causal decoder backbones and right-padded rows, else the padded computation runs. In
+        ``packing`` / ``share_prefix``: the fast path (default: the model's attributes); it runs on causal
+        decoder and BERT-family encoder backbones and right-padded rows, else the padded computation runs. In
         frozen-backbone mode the features come from the cache (each row's real tokens are its key).
         """
         if self.feature_cache is not None:
