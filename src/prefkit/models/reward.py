@@ -179,35 +179,55 @@ class RewardModel(nn.Module):
             model.freeze_backbone()
         return model
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Write ``backbone/`` (safetensors + tokenizer), ``head.safetensors`` and ``reward_config.json``.
 
         A LoRA backbone is merged into plain weights first, so the saved model loads without ``peft``.
+        ``state_dict``: the model's full weights gathered elsewhere (``backbone.*`` and ``head.*`` keys; a
+        sharded FSDP run, whose in-memory weights are shards), written instead of the module's own; not
+        for a LoRA backbone (:attr:`saves_gathered_weights`).
         """
         from safetensors.torch import save_file
 
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         backbone = self.backbone
+        if state_dict is not None and not self.saves_gathered_weights:
+            raise ConfigError("a LoRA reward model cannot be saved from gathered weights; train it with "
+                              "distributed.strategy=ddp, or save without LoRA")
+        parts = {"backbone": {}, "head": {}}
+        for key, value in (state_dict or {}).items():
+            part, _, name = key.partition(".")
+            if part in parts:
+                parts[part][name] = value
         if hasattr(backbone, "merge_and_unload"):
             import copy
 
             backbone = copy.deepcopy(backbone).merge_and_unload()
-        backbone.save_pretrained(root / BACKBONE_DIR, safe_serialization=True)
+        backbone.save_pretrained(root / BACKBONE_DIR, safe_serialization=True,
+                                 **({"state_dict": parts["backbone"]} if state_dict is not None else {}))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(root / BACKBONE_DIR)
-        self.head.finalize()
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                  str(root / HEAD_FILE))
+        if state_dict is None:
+            self.head.finalize()
+            head_weights = self.head.state_dict()
+        else:
+            head_weights = parts["head"]
+        save_file({k: v.detach().contiguous().cpu() for k, v in head_weights.items()}, str(root / HEAD_FILE))
         saved = asdict(self.config) | {"pooling": self.pooling}
         if self.head.personal:
             saved["users"] = list(self.head.users)
         (root / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         return root
 
-    def save_pretrained(self, path: str | Path, **_: Any) -> Path:
+    @property
+    def saves_gathered_weights(self) -> bool:
+        """Whether :meth:`save` can write weights gathered from shards (``state_dict``): not with LoRA."""
+        return not is_peft(self.backbone)
+
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Tensor] | None = None, **_: Any) -> Path:
         """:meth:`save` under the name the trainer calls (``safe_serialization`` is always on)."""
-        return self.save(path)
+        return self.save(path, state_dict)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Recompute the backbone's activations in backward (``model.gradient_checkpointing``)."""

@@ -115,13 +115,14 @@ def is_sharded(accelerator: Any, strategy: str) -> bool:
 def check_sharded_run(model: nn.Module, *, evaluators: bool, save_model: bool) -> None:
     """ConfigError (one line) for what a sharded run cannot do: evaluators (they run the whole model on the
     main process) and saving a model whose ``save_pretrained`` cannot take the gathered weights (a
-    transformers or PEFT model can; a prefkit reward model cannot yet)."""
+    transformers or PEFT model can, and a prefkit reward model without LoRA)."""
     from transformers import PreTrainedModel
 
     if evaluators:
         raise ConfigError("eval: evaluators run the whole model on the main process, which "
                           "distributed.strategy=fsdp does not hold; drop the eval: section or use ddp")
-    if save_model and not (is_peft(model) or isinstance(model, PreTrainedModel)):
+    if save_model and not (is_peft(model) or isinstance(model, PreTrainedModel)
+                           or getattr(model, "saves_gathered_weights", False)):
         raise ConfigError(f"distributed.strategy=fsdp gathers and saves transformers and PEFT models, not a "
                           f"{type(model).__name__}; set output.save_model=false or use distributed.strategy=ddp")
 
