@@ -33,13 +33,21 @@ PARTS = ("weights", "tokenizer", "settings")
 """The parts of a feature-cache fingerprint."""
 
 
-def hash_module_weights(module: nn.Module, *extra: Any) -> str:
-    """SHA-256 of an in-memory model's tensors (names, dtypes, shapes, bytes) and ``extra``."""
-    h = hashlib.sha256()
+def update_with_tensors(h: Any, module: nn.Module, skip: str | None = None) -> None:
+    """Feed a model's tensors (names, dtypes, shapes, bytes; sorted by name) into the hash ``h``, leaving
+    out names that contain ``skip``."""
     for name, t in sorted(module.state_dict().items()):
+        if skip is not None and skip in name:
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def hash_module_weights(module: nn.Module, *extra: Any) -> str:
+    """SHA-256 of an in-memory model's tensors (names, dtypes, shapes, bytes) and ``extra``."""
+    h = hashlib.sha256()
+    update_with_tensors(h, module)
     h.update(repr(extra).encode())
     return h.hexdigest()
 
@@ -165,4 +173,4 @@ class FeatureCache:
         self._pending = 0
 
 
-__all__ = ["FeatureCache", "hash_module_weights", "hash_tokenizer", "hash_json", "PARTS"]
+__all__ = ["FeatureCache", "hash_module_weights", "hash_tokenizer", "hash_json", "update_with_tensors", "PARTS"]

@@ -336,6 +336,14 @@ class VPLHead(PersonalHead):
 # -- mixture (MiCRo) --------------------------------------------------------------------------------------
 
 
+def _mixture_log_odds(d: Tensor, log_pi: Tensor) -> Tensor:
+    """``log P(a ≻ b) − log P(b ≻ a)`` (B,) of a mixture with log weights ``log_pi`` (B, K) and per-component
+    reward differences ``d = r_k(a) − r_k(b)`` (B, K); stable in log space, antisymmetric in ``d``."""
+    log_win = torch.logsumexp(log_pi + F.logsigmoid(d), -1)  # log P(a ≻ b)
+    log_lose = torch.logsumexp(log_pi + F.logsigmoid(-d), -1)  # log P(b ≻ a)
+    return log_win - log_lose
+
+
 class MixtureHead(PersonalHead):
     """MiCRo-style mixture of K Bradley–Terry heads with a router, trained without user ids.
 
@@ -384,10 +392,7 @@ class MixtureHead(PersonalHead):
                             gate=bias)
 
     def _pair_logits(self, d: Tensor, pre: Tensor, bias: Tensor | None) -> Tensor:
-        log_pi = self.log_route(pre, bias)  # (B, K)
-        log_win = torch.logsumexp(log_pi + F.logsigmoid(d), -1)  # log P(a ≻ b)
-        log_lose = torch.logsumexp(log_pi + F.logsigmoid(-d), -1)  # log P(b ≻ a)
-        return log_win - log_lose  # (B,)
+        return _mixture_log_odds(d, self.log_route(pre, bias))
 
     def preference_logits(self, a: RewardOutput, b: RewardOutput) -> Tensor:
         assert a.attributes is not None and b.attributes is not None
@@ -401,10 +406,12 @@ class MixtureHead(PersonalHead):
         with torch.no_grad():
             d = self.scores(chosen) - self.scores(rejected)  # (n, K)
             pre = (self.router_in(chosen) + self.router_in(rejected)) / 2  # (n, C)
+            logits = self.router_out(F.gelu(pre))  # (n, K): fixed; only the offset is fitted
         bias = torch.zeros(d.shape[1], device=d.device, requires_grad=True)
         opt = torch.optim.Adam([bias], lr=lr)
         for _ in range(int(steps)):
-            loss = -F.logsigmoid(self._pair_logits(d, pre, bias.expand_as(d))).mean() + l2 * (bias ** 2).sum()
+            log_pi = torch.log_softmax(logits + bias, dim=-1)
+            loss = -F.logsigmoid(_mixture_log_odds(d, log_pi)).mean() + l2 * (bias ** 2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

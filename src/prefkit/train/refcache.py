@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from prefkit.data.batch import Batch
 from prefkit.data.encode import EncodedExample, collate
+from prefkit.models.feature_cache import hash_json, hash_tokenizer, update_with_tensors
 from prefkit.models.load import adapters_disabled
 from prefkit.models.logprobs import SequenceLogps, sequence_logps
 
@@ -137,12 +138,7 @@ def hash_weights(source: str | Path | nn.Module, *extra: Any) -> str:
     """
     h = _sha()
     if isinstance(source, nn.Module):
-        for name, t in sorted(source.state_dict().items()):
-            if "lora_" in name:
-                continue
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensors(h, source, skip="lora_")
     else:
         path = Path(source).expanduser()
         files = [path] if path.is_file() else sorted(
@@ -154,17 +150,6 @@ def hash_weights(source: str | Path | nn.Module, *extra: Any) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     h.update(repr(extra).encode())
-    return h.hexdigest()
-
-
-def hash_tokenizer(tokenizer: Any) -> str:
-    """SHA-256 of what decides a tokenizer's ids: vocabulary/merges, chat template, special tokens."""
-    h = _sha()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items())))
-             .encode())
-    h.update(repr(getattr(tokenizer, "chat_template", None)).encode())
-    h.update(repr(sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())).encode())
     return h.hexdigest()
 
 
@@ -180,8 +165,7 @@ def hash_records(records: Iterable[Any], *extra: Any) -> str:
 
 def hash_settings(settings: Any) -> str:
     """SHA-256 of a settings dataclass or mapping."""
-    value = asdict(settings) if is_dataclass(settings) else settings
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    return hash_json(asdict(settings) if is_dataclass(settings) else settings)
 
 
 def cache_key(parts: Mapping[str, str]) -> str:
