@@ -377,3 +377,15 @@ def test_ranking_tie_groups_in_extras() -> None:
     batch = enc.collate(enc.encode_all(records)[0])
     assert batch.extras["tie_groups"].tolist() == [[0, 0, 1], [0, 1, 2]]
     assert "tie_groups" not in enc.collate(enc.encode_all(records[1:])[0]).extras
+
+
+def test_encoder_silences_the_tokenizers_too_long_notice():
+    """prefkit cuts sequences itself and reports every cut, so transformers' one-time "Token indices
+    sequence length is longer than the specified maximum" notice is switched off for the tokenizer."""
+    import copy
+
+    from prefkit.testing import tiny_tokenizer
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    Encoder(tok, EncodeConfig())
+    assert tok.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] is True

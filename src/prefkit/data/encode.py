@@ -230,6 +230,14 @@ def _as_dicts(messages: Iterable[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
+def quiet_length_warning(tokenizer: Any) -> None:
+    """Silence the tokenizer's one-time "Token indices sequence length is longer than the specified maximum"
+    notice: prefkit tokenizes whole texts and then truncates them itself (``cut``), reporting every cut."""
+    flags = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(flags, dict):
+        flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 class Encoder:
     """Turns records into :class:`EncodedExample` s with a tokenizer and an :class:`EncodeConfig`.
 
@@ -238,6 +246,7 @@ class Encoder:
 
     def __init__(self, tokenizer: Any, config: EncodeConfig | None = None):
         self.tokenizer = tokenizer
+        quiet_length_warning(tokenizer)
         self.config = config or EncodeConfig()
         self.report = TruncationReport()
         self.eos_id: int | None = tokenizer.eos_token_id
