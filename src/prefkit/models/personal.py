@@ -391,13 +391,11 @@ class MixtureHead(PersonalHead):
         return RewardOutput((self.log_route(pre, bias).exp() * r).sum(-1), attributes=r, embeddings=pre,
                             gate=bias)
 
-    def _pair_logits(self, d: Tensor, pre: Tensor, bias: Tensor | None) -> Tensor:
-        return _mixture_log_odds(d, self.log_route(pre, bias))
-
     def preference_logits(self, a: RewardOutput, b: RewardOutput) -> Tensor:
         assert a.attributes is not None and b.attributes is not None
         assert a.embeddings is not None and b.embeddings is not None
-        return self._pair_logits(a.attributes - b.attributes, (a.embeddings + b.embeddings) / 2, a.gate)
+        return _mixture_log_odds(a.attributes - b.attributes,
+                                 self.log_route((a.embeddings + b.embeddings) / 2, a.gate))
 
     def add_user(self, user_id: str, chosen: Tensor, rejected: Tensor, *, steps: float = 300, lr: float = 0.1,
                  l2: float = 0.01) -> None:
