@@ -243,6 +243,13 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         perm = prefkit_segments._perm
         q_row, k_row, v_row = q_row.index_select(1, perm), k_row.index_select(1, perm), v_row.index_select(1, perm)
     heads, dim = q_row.shape[0], q_row.shape[-1]
+    sizes = [g.n * g.q_len for g in groups]
+    # Groups that tile the row in order (their own keys): split it once. A split's backward is one
+    # concatenation; a narrow per group would make a zero-filled full-row gradient for each group.
+    tiled = (all(g.k_idx is None for g in groups) and sum(sizes) == q_row.shape[1]
+             and [g.q0 for g in groups] == list(itertools.accumulate(sizes[:-1], initial=0)))
+    pieces = ([x.split(sizes, dim=1) for x in (q_row, k_row, v_row)] if tiled and len(groups) > 1
+              else None)
 
     def blocks(x: Tensor, idx: Tensor, n: int, length: int, q0: int | None = None) -> Tensor:
         if q0 is not None:  # adjacent blocks: a view of the row
@@ -252,12 +259,13 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
         return x.view(x.shape[0], n, length, x.shape[-1]).transpose(0, 1)  # (n, H, len, D)
 
     outs = []
-    for grp in groups:
-        q = blocks(q_row, grp.q_idx, grp.n, grp.q_len, grp.q0)  # (n, H, Q, D)
-        if grp.k_idx is None:
-            k = blocks(k_row, grp.q_idx, grp.n, grp.q_len, grp.q0)
-            v = blocks(v_row, grp.q_idx, grp.n, grp.q_len, grp.q0)
+    for i, grp in enumerate(groups):
+        if pieces is not None:  # (n, H, Q, D) views of this group's piece
+            q, k, v = (x[i].view(heads, grp.n, grp.q_len, dim).transpose(0, 1) for x in pieces)
+        elif grp.k_idx is None:
+            q, k, v = (blocks(x, grp.q_idx, grp.n, grp.q_len, grp.q0) for x in (q_row, k_row, v_row))
         else:
+            q = blocks(q_row, grp.q_idx, grp.n, grp.q_len, grp.q0)  # (n, H, Q, D)
             k = blocks(k_row, grp.k_idx, grp.n, grp.k_len)  # (n, H, K, D)
             v = blocks(v_row, grp.k_idx, grp.n, grp.k_len)
         if grp.mask is None and bidirectional:  # every key of the segment but its last token

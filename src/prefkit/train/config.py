@@ -229,6 +229,11 @@ class TrainConfig:
     """Checkpoints kept on disk (older ones are deleted)."""
     progress: bool = True
     """Show a rich progress bar (loss, accuracy, tokens/s)."""
+    trim_memory: bool = True
+    """On CPU under glibc, hand the memory freed by each micro-step back to the operating system
+    (``malloc_trim``). Packed batches vary in length, so without it freed blocks of one step rarely fit
+    the next and the resident set ratchets up (MiniLM-L6 reward model, 80 steps: peak 1.9 GB, 1.2 GB
+    with it, for about 5% more time). No effect on GPU memory or without glibc."""
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "log_every", "keep_last"):

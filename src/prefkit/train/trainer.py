@@ -39,6 +39,7 @@ from prefkit.models.logprobs import SequenceLogps
 from prefkit.train import checkpoint as ckpt
 from prefkit.train import distributed, rundir
 from prefkit.train.config import RunConfig, dump_config, to_dict
+from prefkit.train.heap import heap_trimmer
 from prefkit.train.metrics import MetricsWriter, plot_metrics, progress_bar, read_metrics
 from prefkit.train.objectives import Objective, StepOutput, make_objective
 from prefkit.train.refcache import (
@@ -127,6 +128,18 @@ class DataOrder:
 
 
 # -- the trainer --------------------------------------------------------------------------------------------
+
+
+def _fused_adamw(params: list[nn.Parameter], sharded: bool) -> bool | None:
+    """AdamW's fused kernel (one pass over each tensor, no temporaries; transformers' default optimizer)
+    where torch has it: plain floating-point parameters on one CPU or CUDA device. On CPU it is about 5x
+    faster than the per-tensor loop (an AdamW step of MiniLM-L6's 22M parameters: 14 ms vs 65 ms) and
+    does not allocate the temporaries that push the resident set up. Sharded (FSDP) parameters keep
+    torch's default."""
+    devices = {p.device.type for p in params}
+    if sharded or not params or len(devices) != 1 or devices.pop() not in ("cpu", "cuda"):
+        return None
+    return all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params) or None
 
 
 class Trainer:
@@ -229,7 +242,7 @@ class Trainer:
                                self.accelerator.process_index, self.accelerator.num_processes)
         self.total_steps = tc.max_steps or max(1, int(tc.epochs * self.order.batches_per_epoch) // tc.grad_accum)
         optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
-                                      weight_decay=tc.weight_decay)
+                                      weight_decay=tc.weight_decay, fused=_fused_adamw(self.params, self.sharded))
         # DDP: one prepare call for module and optimizer; FSDP: both are ready (sharded above). The
         # scheduler stays ours: accelerate's wrapper would step it once per process.
         self.step_module, self.optimizer = ((self._step_module, optimizer) if self.sharded
@@ -412,6 +425,7 @@ class Trainer:
         if start == 0:  # the diagnostics before training: the curves' starting point
             self._log_eval(writer, 0, loss=False)
         self.step_module.train()
+        trim = heap_trimmer() if tc.trim_memory and self.device.type == "cpu" else None
         bar = progress_bar(self.total_steps, tc.progress and acc.is_main_process)
         task = bar.add_task("train", total=self.total_steps, completed=start, loss=math.nan, acc=math.nan, tps=0.0)
         with bar:
@@ -430,6 +444,8 @@ class Trainer:
                         # DDP averages gradients over processes: x num_processes makes the step's gradient
                         # the mean over all n_global examples of the global step.
                         acc.backward(total * (acc.num_processes / n_global))
+                    if trim is not None:  # this micro-step's activations are free now
+                        trim()
                     self._log_tokens += batch.num_tokens()
                     if self.reward_mean is not None:
                         _add_rewards(step_rewards, out.metrics)
