@@ -31,9 +31,9 @@ Usage (from the repository root)::
     python bench/rm_vs_trl.py --prefkit-override model.gradient_checkpointing=true
 
 Peak memory is the resident set's high-water mark, which glibc's allocator inflates: freed tensor
-memory stays in the process (the dynamic mmap threshold), so it grows over the first steps with the
-varying batch widths. ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (inherited by every run)
-makes it track live memory, at a cost in time for both systems.
+memory stays in the process (the dynamic mmap threshold), so with batch widths that vary from step to
+step it ratchets up. prefkit hands it back after every micro-step (``train.trim_memory``, on by default
+on CPU); TRL's padded batches mostly have one width, so its freed blocks fit the next step.
 
 Writes ``<out>/bench.json`` (every run and the summary) and prints a Markdown table.
 """
