@@ -69,7 +69,10 @@ def test_online_dpo_raises_the_rewarded_token(tmp_path):
     scores = [h["objective/scores"] for h in history]  # seed 0: 0.167, 0.542, 0.958
     assert scores[0] < scores[1] < scores[2], scores
     assert all(h["completions/clipped_ratio"] <= 1.0 and h["completions/mean_length"] <= 1.0 for h in history)
-    assert history[2]["objective/kl"] == 0.0  # the reference was refreshed to the policy after round 1
+    # The reference was refreshed to the policy after round 1: KL 0 up to rounding. The sampler's log-probs
+    # (incremental decoding) and the reference's (the packed engine) are two computations, equal to about
+    # one float32 ulp, not bitwise (round 0, policy = reference: -1.3e-7); without the refresh it is 1.98.
+    assert abs(history[2]["objective/kl"]) < 1e-6
     # every judged sample is on disk as a prefkit rating record: 3 prompts x 8 samples; those whose text is
     # empty (EOS or a special token first) are no valid record and are skipped as "empty"
     records = load(tmp_path / "run" / "rounds" / "0000.jsonl", on_error="skip")
