@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from launch import launch, needs_launcher
 from prefkit.errors import ConfigError
 from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
 from prefkit.train.config import load_config
 from prefkit.train.trainer import Trainer
-
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-needs_launcher = pytest.mark.skipif(shutil.which("accelerate") is None and not ACCELERATE.exists(),
-                                    reason="accelerate CLI not installed")
 
 WORKER = '''
 import copy, json, os, signal, sys
@@ -68,23 +61,10 @@ if trainer.accelerator.is_main_process:
 '''
 
 
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def _run(tmp_path: Path, processes: int, out: str, *args: str, fails: bool = False) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    argv = [str(script), str(tmp_path / out), *args]
-    cmd = [sys.executable, *argv] if processes == 1 else [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+    proc = launch([str(script), str(tmp_path / out), *args], processes, ok=False)
     assert (proc.returncode != 0) == fails, proc.stderr[-3000:]
 
 
@@ -192,27 +172,20 @@ def test_fsdp_reference_cache_equals_one_process_cache(tmp_path) -> None:
     write_jsonl(tiny_pairs(10), tmp_path / "pairs.jsonl")  # 4 reference batches of 3, 3, 3, 1
     script = tmp_path / "cache_worker.py"
     script.write_text(CACHE_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
-    def launch(processes: int, cache: str, out: str) -> str:
-        argv = [str(script), str(tmp_path / "model"), str(tmp_path / "pairs.jsonl"), str(tmp_path / cache),
-                str(tmp_path / out), "distributed.strategy=fsdp"]
-        cmd = [sys.executable, *argv] if processes == 1 else [
-            str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(), *argv]
-        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stderr
+    def run(processes: int, cache: str, out: str) -> str:
+        return launch([str(script), str(tmp_path / "model"), str(tmp_path / "pairs.jsonl"), str(tmp_path / cache),
+                       str(tmp_path / out), "distributed.strategy=fsdp"], processes).stderr
 
     def loads(out: str, processes: int) -> list[int]:
         return [json.loads((tmp_path / f"{out}.rank{r}.json").read_text())["loads"] for r in range(processes)]
 
-    assert "computing" in launch(1, "cache1", "one")
-    assert "computing" in launch(2, "cache2", "two")
+    assert "computing" in run(1, "cache1", "one")
+    assert "computing" in run(2, "cache2", "two")
     assert loads("two", 2) == [2, 2]  # policy + reference on every process
     (a,), (b,) = sorted((tmp_path / "cache1").glob("*")), sorted((tmp_path / "cache2").glob("*"))
     assert a.name == b.name and a.read_bytes() == b.read_bytes()
-    assert "cache hit" in launch(2, "cache2", "again")
+    assert "cache hit" in run(2, "cache2", "again")
     assert loads("again", 2) == [1, 1]  # policy only: no reference model built on any process
 
 
@@ -250,14 +223,8 @@ def test_reward_model_under_fsdp_matches_one_process(tmp_path) -> None:
     steps, and the model saved from the gathered weights loads and scores like the 1-process one."""
     script = tmp_path / "rm_worker.py"
     script.write_text(RM_WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    one = [sys.executable, str(script), str(tmp_path / "one"), "8", "1"]
-    two = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
-           str(script), str(tmp_path / "two"), "2", "2"]
-    for cmd in (one, two):
-        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    launch([str(script), str(tmp_path / "one"), "8", "1"], 1)
+    launch([str(script), str(tmp_path / "two"), "2", "2"], 2)
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["wrapper"] == "PolicyStep" and b["wrapper"] == "FSDPPolicyStep"
     assert len(a["lines"]) == len(b["lines"]) == 2

@@ -12,20 +12,13 @@ fast ones check the split of the prompts and the refusal without launching.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-needs_launcher = pytest.mark.skipif(shutil.which("accelerate") is None and not ACCELERATE.exists(),
-                                    reason="accelerate CLI not installed")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+from launch import launch, needs_launcher
 
 WORKER = '''
 import os, sys
@@ -47,25 +40,6 @@ history = run_online(world.model, world.tokenizer, [world.prompt], judge, cfg, o
 assert len(history) == 3
 torch.save(world.model.lm_head.weight.detach().cpu(), f"{out}/weights-{os.environ.get('RANK', '0')}.pt")
 '''
-
-
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def _launch(args: list[str], processes: int, *, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """``args`` (a script or ``-m module ...``) on ``processes`` processes."""
-    head = [sys.executable] if processes == 1 else [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port()]
-    proc = subprocess.run(head + args, env=ENV, timeout=300, capture_output=True, text=True)
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def _rounds(run: Path) -> dict[str, bytes]:
@@ -108,8 +82,8 @@ def test_two_ddp_processes_run_the_online_loop_like_one(tmp_path: Path) -> None:
 
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    _launch([str(worker), str(tmp_path / "one"), "8"], 1)
-    _launch([str(worker), str(tmp_path / "two"), "4"], 2)
+    launch([str(worker), str(tmp_path / "one"), "8"], 1)
+    launch([str(worker), str(tmp_path / "two"), "4"], 2)
     one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"
     assert _rounds(one) == _rounds(two) and len(_rounds(one)) == 3
     _same_metrics(_metrics(one), _metrics(two))  # one line per round: one writer
@@ -163,10 +137,10 @@ def test_two_processes_resume_and_match_one_on_the_cli(job: Path, tmp_path: Path
     from safetensors.torch import load_file
 
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch(_online(job, one), 1)
-    _launch(_online(job, two, "train.batch_size=2", "online.rounds=1"), 2)
+    launch(_online(job, one), 1)
+    launch(_online(job, two, "train.batch_size=2", "online.rounds=1"), 2)
     assert len(_metrics(two)) == 1 and len(_rounds(two)) == 1
-    said = _launch(_online(job, two, "train.batch_size=2", "--resume"), 2).stdout
+    said = launch(_online(job, two, "train.batch_size=2", "--resume"), 2).stdout
     assert said.count("done: 2 rounds") == 1  # the summary comes from the main process only
     assert _rounds(one) == _rounds(two)
     _same_metrics(_metrics(one), _metrics(two))
@@ -177,7 +151,7 @@ def test_two_processes_resume_and_match_one_on_the_cli(job: Path, tmp_path: Path
 @pytest.mark.slow
 @needs_launcher
 def test_fsdp_online_is_one_line_error(job: Path, tmp_path: Path) -> None:
-    proc = _launch(_online(job, tmp_path / "run", "distributed.strategy=fsdp"), 2, ok=False)
+    proc = launch(_online(job, tmp_path / "run", "distributed.strategy=fsdp"), 2, ok=False)
     assert proc.returncode != 0
     # one line per process, no traceback of prefkit's (the launcher prints its own on a failed child)
     assert proc.stderr.count("error: distributed.strategy=fsdp: the online loop runs on several processes "

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import prefkit.train.refcache as refcache
+from launch import launch, needs_launcher
 from prefkit.data.writers import write_jsonl
 from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
 
@@ -40,14 +36,6 @@ import torch.distributed as dist
 rank = dist.get_rank() if dist.is_initialized() else 0
 json.dump({"loads": model_load.load_count}, open(f"{out}.rank{rank}.json", "w"))
 '''
-
-
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 class _Batch:
@@ -81,8 +69,7 @@ def test_shards_assemble_to_the_one_process_table(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="accelerate CLI not installed")
+@needs_launcher
 def test_two_process_cache_equals_one_process_cache(tmp_path) -> None:
     tok = copy.deepcopy(tiny_tokenizer())
     tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
@@ -90,27 +77,20 @@ def test_two_process_cache_equals_one_process_cache(tmp_path) -> None:
     write_jsonl(tiny_pairs(10), tmp_path / "pairs.jsonl")  # 4 reference batches of 3, 3, 3, 1
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
-    def launch(processes: int, cache: str, out: str) -> str:
-        args = [str(tmp_path / "model"), str(tmp_path / "pairs.jsonl"), str(tmp_path / cache), str(tmp_path / out)]
-        cmd = [sys.executable, str(script), *args] if processes == 1 else [
-            str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", _free_port(), str(script), *args]
-        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stderr
+    def run(processes: int, cache: str, out: str) -> str:
+        return launch([str(script), str(tmp_path / "model"), str(tmp_path / "pairs.jsonl"), str(tmp_path / cache),
+                       str(tmp_path / out)], processes).stderr
 
     def loads(out: str, processes: int) -> list[int]:
         return [json.loads((tmp_path / f"{out}.rank{r}.json").read_text())["loads"] for r in range(processes)]
 
-    assert "computing" in launch(1, "cache1", "one")
-    assert "computing" in launch(2, "cache2", "two")
+    assert "computing" in run(1, "cache1", "one")
+    assert "computing" in run(2, "cache2", "two")
     assert loads("one", 1) == [2] and loads("two", 2) == [2, 2]  # policy + reference on every process
     (a,), (b,) = sorted((tmp_path / "cache1").glob("*")), sorted((tmp_path / "cache2").glob("*"))
     assert a.name == b.name  # the fingerprint does not depend on the number of processes
     assert a.read_bytes() == b.read_bytes()
 
-    assert "cache hit" in launch(2, "cache2", "again")
+    assert "cache hit" in run(2, "cache2", "again")
     assert loads("again", 2) == [1, 1]  # policy only: no reference model built on any process

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from launch import launch, needs_launcher
 from prefkit.data.writers import write_jsonl
 from prefkit.testing import tiny_llama, tiny_pairs, tiny_tokenizer
 
@@ -27,17 +24,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _free_port() -> str:
-    """A TCP port nothing listens on now (a fixed port can still be held by an earlier run)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="accelerate CLI not installed")
+@needs_launcher
 def test_two_processes_match_one(tmp_path) -> None:
     tok = copy.deepcopy(tiny_tokenizer())
     tiny_llama(len(tok)).save_pretrained(tmp_path / "model")
@@ -47,16 +34,9 @@ def test_two_processes_match_one(tmp_path) -> None:
     job.write_text(f"model: {{path: {tmp_path / 'model'}}}\ndata: {{train: {tmp_path / 'pairs.jsonl'}}}\n"
                    "loss: {name: simpo}\ntrain: {max_steps: 2, lr: 1.0e-2, progress: false}\n"
                    "output: {tensorboard: false, plots: false, save_model: false}\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crashing rank prints its stack
-    one = [sys.executable, "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=4",
-           f"output.dir={tmp_path / 'one'}"]
-    two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
-           "-m", "prefkit.cli.main", "train", "--config", str(job), "train.batch_size=2",
-           f"output.dir={tmp_path / 'two'}"]
-    for cmd in (one, two):
-        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    train = ["-m", "prefkit.cli.main", "train", "--config", str(job)]
+    launch([*train, "train.batch_size=4", f"output.dir={tmp_path / 'one'}"], 1)
+    launch([*train, "train.batch_size=2", f"output.dir={tmp_path / 'two'}"], 2)
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(a) == len(b) == 2  # one writer in the two-process run
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-6 and a[0]["loss"] > 0
@@ -100,8 +80,7 @@ if trainer.accelerator.is_main_process:
 '''
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="accelerate CLI not installed")
+@needs_launcher
 @pytest.mark.parametrize("kind", ["policy", "rm", "bco"])
 def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) -> None:
     """The training forward goes through DDP (PolicyStep wrapped), micro-steps before the last skip the
@@ -109,14 +88,8 @@ def test_ddp_wrapper_with_accumulation_matches_one_process(tmp_path, kind: str) 
     model: loss, gradient norm and updated weights; BCO: the running reward mean over all processes)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crashing rank prints its stack
-    one = [sys.executable, str(script), str(tmp_path / "one"), kind, "8", "1"]
-    two = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", _free_port(),
-           str(script), str(tmp_path / "two"), kind, "2", "2"]
-    for cmd in (one, two):
-        proc = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    launch([str(script), str(tmp_path / "one"), kind, "8", "1"], 1)
+    launch([str(script), str(tmp_path / "two"), kind, "2", "2"], 2)
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert a["wrapper"] == "PolicyStep" and b["wrapper"] == "DistributedDataParallel"
     assert abs(a["loss"] - b["loss"]) < 1e-6 and a["loss"] > 0
