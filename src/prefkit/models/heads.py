@@ -99,15 +99,22 @@ class RewardHead(nn.Module):
 
 
 class ScalarHead(RewardHead):
-    """``r = wᵀh + b``: one reward per sequence (Bradley–Terry, regression, Plackett–Luce)."""
+    """``r = wᵀh + b``: one reward per sequence (Bradley–Terry, regression, Plackett–Luce).
+
+    ``w`` starts as ``N(0, init_std²)``, ``b`` at 0. The default 0.02 is transformers' ``initializer_range``,
+    which its sequence-classification heads (and so TRL's ``RewardTrainer``) start from. Measured on
+    MiniLM-L6 / HH-RLHF (``bench/rm_vs_trl.py``, 3 seeds), a larger start, ``1/sqrt(H + 1)`` (0.051 at
+    H = 384), trained to 0.631 held-out accuracy against 0.647 with 0.02: large initial random rewards
+    cost the early steps' signal.
+    """
 
     kind: HeadKind = "scalar"
 
-    def __init__(self, hidden_size: int, dropout: float = 0.0):
+    def __init__(self, hidden_size: int, dropout: float = 0.0, init_std: float = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.score = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.normal_(self.score.weight, std=init_std)
         nn.init.zeros_(self.score.bias)
 
     def forward(self, features: Tensor) -> RewardOutput:
