@@ -6,10 +6,11 @@ schedule with 10% warmup, gradient clipping 1.0, the dialogue's last 128 tokens 
 Three systems, each run ``--seeds`` times, every run in its own subprocess (so its peak memory is its
 own):
 
-- ``prefkit``: ``prefkit.train.train_reward_model`` with ``bench/rm_hh_minilm.py``'s settings (mean
-  pooling, a scalar head; dropout off, padding-free encoder path, fused AdamW and heap trimming: the
-  defaults), each optimizer step's 16 pairs run as two micro-batches of 8 (:data:`PREFKIT_OVERRIDES`:
-  the same step, half the activation memory; ``--prefkit-override train.batch_size=16
+- ``prefkit``: ``prefkit.train.train_reward_model`` with ``bench/rm_hh_minilm.py``'s settings but
+  ``reward.pooling=pooler`` (BERT's pooler on ``[CLS]`` and a scalar head: TRL's model; dropout off,
+  padding-free encoder path, fused AdamW and heap trimming: the defaults), each optimizer step's 16
+  pairs run as two micro-batches of 8 (:data:`PREFKIT_OVERRIDES`: the same step, half the activation memory;
+  ``--prefkit-override reward.pooling=mean`` runs the mean-pooled model; ``--prefkit-override train.batch_size=16
   --prefkit-override train.grad_accum=1`` runs them as one);
 - ``trl``: TRL's ``RewardTrainer`` (``AutoModelForSequenceClassification``, its defaults otherwise:
   dropout off, gradient checkpointing on unless ``--trl-no-checkpointing``) handed **prefkit's token
@@ -57,10 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 rm_hh_minilm = importlib.import_module("rm_hh_minilm")  # bench/rm_hh_minilm.py: data, settings, model folder
 
 SYSTEMS = ("prefkit", "trl", "trl_shipped")
-PREFKIT_OVERRIDES = ["train.batch_size=8", "train.grad_accum=2"]
+PREFKIT_OVERRIDES = ["reward.pooling=pooler", "train.batch_size=8", "train.grad_accum=2"]
 """The prefkit runs' settings beyond ``bench/rm_hh_minilm.py``'s (later ``--prefkit-override`` values win):
-16 pairs per optimizer step as two micro-batches of 8. Gradients accumulate exactly (losses are normalised
-by the step's 16 pairs), and the packed activations of 8 pairs take half the memory of 16."""
+the model TRL trains (BERT's pooler on ``[CLS]``, then a linear head; prefkit's default for an encoder with a
+pooler), and 16 pairs per optimizer step as two micro-batches of 8. Gradients accumulate exactly (losses are
+normalised by the step's 16 pairs), and the packed activations of 8 pairs take half the memory of 16."""
 TRAIN_ROWS, EVAL_ROWS = 1280, 320
 
 

@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-1600.jsonl.gz"
 
 
-def _bert(impl: str = "sdpa", seed: int = 0):
+def _bert(impl: str = "sdpa", seed: int = 0, pooler: bool = False):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128)
-    bert = BertModel(config, add_pooling_layer=False)
+    bert = BertModel(config, add_pooling_layer=pooler)
     bert.set_attn_implementation(impl)
     return bert
 
@@ -66,13 +66,13 @@ def _check(model: RewardModel, ids: torch.Tensor, mask: torch.Tensor, group: int
         assert diff <= 1e-4 * grad.abs().max() + 1e-7, (name, float(diff), float(grad.abs().max()))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "last", "pooler"])
 @pytest.mark.parametrize("backend", ["segments", "grid", "dense", "eager-dense"])
 def test_bert_packed_features_match_padded(pooling, backend, monkeypatch):
     """Segments (equal lengths batched as views), the short-unit grid, and dense masks (activation
     checkpointing; SDPA's bool and eager's additive mask) all equal the padded BERT."""
     monkeypatch.setattr(packing, "SHORT_SEQUENCE_TOKENS", 0)  # no short-batch dispatch: always packed
-    model = RewardModel.from_backbone(_bert("eager" if backend == "eager-dense" else "sdpa"),
+    model = RewardModel.from_backbone(_bert("eager" if backend == "eager-dense" else "sdpa", pooler=pooling == "pooler"),
                                       RewardModelConfig(pooling=pooling))  # type: ignore[arg-type]
     if backend in ("dense", "eager-dense"):
         model.gradient_checkpointing_enable()

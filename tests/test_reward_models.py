@@ -46,14 +46,41 @@ def test_pooling_golden():
         pool(hidden, mask, "maen")  # type: ignore[arg-type]
 
 
-def test_default_pooling_decoder_last_encoder_mean():
+def test_pooler_pooling_is_the_backbones_pooler_on_the_first_token(tmp_path):
+    """``"pooler"``: BERT's own pooler, ``tanh(W h_[CLS] + b)`` (what ``pooler_output`` and
+    ``AutoModelForSequenceClassification`` use), packed or padded, and it survives save / load; a backbone
+    without a pooling layer is refused in one line."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32))
+    tok = tiny_tokenizer()
+    model = RewardModel.from_backbone(bert, RewardModelConfig(pooling="pooler"), tok).eval()
+    ids = torch.tensor([[2, 5, 7, 9, 11, 3], [2, 6, 8, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        out = bert(input_ids=ids, attention_mask=mask)
+        by_hand = torch.tanh(out.last_hidden_state[:, 0] @ bert.pooler.dense.weight.T + bert.pooler.dense.bias)
+        torch.testing.assert_close(out.pooler_output, by_hand)
+        for packed in (False, True):
+            torch.testing.assert_close(model.features(ids, mask, packing=packed), by_hand, atol=1e-5, rtol=1e-5)
+        model.save(tmp_path / "rm")
+        loaded = RewardModel.load(tmp_path / "rm")
+        assert loaded.pooling == "pooler"
+        torch.testing.assert_close(loaded(ids, mask).rewards, model(ids, mask).rewards)
+    with pytest.raises(ConfigError, match="has none: use reward.pooling=cls or mean"):
+        RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(pooling="pooler"), tok)
+
+
+def test_default_pooling_decoder_last_encoder_pooler_or_mean():
     from transformers import BertConfig, BertModel
 
     tok = tiny_tokenizer()
     assert RewardModel.from_backbone(tiny_llama(len(tok)), tokenizer=tok).pooling == "last"
-    bert = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32))
-    assert RewardModel.from_backbone(bert).pooling == "mean"
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    assert RewardModel.from_backbone(BertModel(config)).pooling == "pooler"
+    assert RewardModel.from_backbone(BertModel(config, add_pooling_layer=False)).pooling == "mean"
 
 
 # -- token ids -------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ A reward model maps a (prompt, completion) sequence to a score. It is three part
    ``(N, T, H)``; optionally wrapped with LoRA adapters (``peft``);
 2. a **pooling** rule turning ``(N, T, H)`` into one feature vector ``(N, H)`` per sequence:
    ``"last"`` (the last non-pad token; the default for decoders, which see the whole sequence only
-   there), ``"mean"`` (mean over non-pad tokens; the default for encoders) or ``"cls"`` (the first
-   token) — :mod:`prefkit.models.reward_inputs`;
+   there), ``"mean"`` (mean over non-pad tokens), ``"cls"`` (the first token) or ``"pooler"`` (the
+   first token through the backbone's own pooling layer, BERT's pretrained dense + tanh, as
+   ``AutoModelForSequenceClassification`` does; the default for encoders that have one, ``"mean"`` for
+   the others) — :mod:`prefkit.models.reward_inputs`;
 3. a **head** (ours, a few parameters) giving a :class:`~prefkit.models.heads.RewardOutput`
    (:mod:`prefkit.models.heads`: scalar, multi-objective, tie-aware, GPM; :mod:`prefkit.models.personal`:
    the pluralistic heads PAL, VPL, mixture, MaxMin, which score a pair for a given user).
@@ -93,7 +95,12 @@ class RewardModel(nn.Module):
         self.head = head
         self.config = config
         self.tokenizer = tokenizer
-        self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None))
+        self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None),
+                                                                  has_pooler=self.pooler_layer() is not None)
+        if self.pooling == "pooler" and self.pooler_layer() is None:
+            base = backbone.get_base_model() if is_peft(backbone) else backbone
+            raise ConfigError(f"reward.pooling=pooler needs a backbone with its own pooling layer (BERT's 'pooler'); "
+                              f"{type(base).__name__} has none: use reward.pooling=cls or mean")
         self.packing = True
         """Default of ``forward(packing=...)``: the padding-free fast path where the backbone allows it."""
         self.share_prefix = True
@@ -275,7 +282,21 @@ class RewardModel(nn.Module):
                 return features
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (N, T, H)
-        return pool(hidden, attention_mask, self.pooling)
+        return self._pooler_step(pool(hidden, attention_mask, self.pooling))
+
+    def pooler_layer(self) -> nn.Module | None:
+        """The backbone's own pooling layer (BERT-family ``pooler``: first token → dense → tanh), or None."""
+        base = self.backbone.get_base_model() if is_peft(self.backbone) else self.backbone
+        return getattr(base, "pooler", None)
+
+    def _pooler_step(self, first: Tensor) -> Tensor:
+        """``"pooler"`` pooling's second step on the first tokens' states (N, H); the identity otherwise."""
+        if self.pooling != "pooler":
+            return first
+        layer = self.pooler_layer()
+        if layer is None:  # checked at construction; a backbone swapped since then
+            raise ConfigError("reward.pooling=pooler: the backbone has no pooling layer; use cls or mean")
+        return layer(first[:, None])  # (N, H): the layer reads position 0 of (N, 1, H)
 
     def fast_path_unsupported(self) -> str | None:
         """Why the backbone runs padded (None: the fast path can run it)."""
@@ -294,7 +315,7 @@ class RewardModel(nn.Module):
         if self.pooling == "mean":
             counts = torch.bincount(plan.seq_index, minlength=n).clamp_min(1).to(hidden.dtype)  # (N,)
             return out.index_add(0, plan.seq_index, hidden) / counts[:, None]
-        return out.index_copy(0, plan.seq_index, hidden)  # one scored token per sequence
+        return self._pooler_step(out.index_copy(0, plan.seq_index, hidden))  # one scored token per sequence
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *, group_size: int = 1,
                 packing: bool | None = None, share_prefix: bool | None = None,

@@ -46,7 +46,7 @@ def pooling_batch(input_ids: Tensor, attention_mask: Tensor, group_size: int, mo
     The engine returns the state *before* each scored token, so one token (id 0; nothing attends to it)
     is appended after each sequence: ``"last"`` scores only that one (the last real token's state; the
     group's common prefix can then be shared), ``"mean"`` every token from position 1 on (all real
-    states), ``"cls"`` position 1 (the state of position 0). (N, T + 1) ids and masks.
+    states), ``"cls"`` and ``"pooler"`` position 1 (the state of position 0). (N, T + 1) ids and masks.
     """
     n = input_ids.shape[0]
     if n % group_size:
@@ -61,7 +61,7 @@ def pooling_batch(input_ids: Tensor, attention_mask: Tensor, group_size: int, mo
         scored[rows, lens] = 1
     elif mode == "mean":
         scored = mask.clone()
-    else:  # cls
+    else:  # cls, pooler
         scored[:, 1] = 1
     return Batch(kind="ranking" if group_size > 1 else "unpaired", group_size=group_size, input_ids=ids,
                  attention_mask=mask, completion_mask=scored)
@@ -71,7 +71,8 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
     """One feature vector per sequence: hidden (N, T, H), attention_mask (N, T) -> (N, H).
 
     ``"last"``: the hidden state of the last token whose mask is 1; ``"mean"``: the mean over tokens
-    whose mask is 1; ``"cls"``: position 0 (BERT's ``[CLS]``; assumes right padding).
+    whose mask is 1; ``"cls"`` and ``"pooler"``: position 0 (BERT's ``[CLS]``; assumes right padding; the
+    backbone's pooling layer, ``"pooler"``'s second step, is :class:`~prefkit.models.reward.RewardModel`'s).
     """
     if mode == "last":
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -79,7 +80,7 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: Pooling) -> Tensor:
     if mode == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)  # (N, H)
-    if mode == "cls":
+    if mode in ("cls", "pooler"):
         return hidden[:, 0]
     raise ConfigError(f"unknown pooling {mode!r}; choose from {list(get_args(Pooling))}"
                       f"{did_you_mean(str(mode), get_args(Pooling))}")
