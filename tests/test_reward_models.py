@@ -69,6 +69,9 @@ def test_pooler_pooling_is_the_backbones_pooler_on_the_first_token(tmp_path):
         loaded = RewardModel.load(tmp_path / "rm")
         assert loaded.pooling == "pooler"
         torch.testing.assert_close(loaded(ids, mask).rewards, model(ids, mask).rewards)
+        lora = RewardModel.from_backbone(bert, RewardModelConfig(pooling="pooler"), tok, lora_r=2).eval()
+        torch.testing.assert_close(lora.features(ids, mask, packing=False),
+                                   lora.backbone(input_ids=ids, attention_mask=mask).pooler_output)
     with pytest.raises(ConfigError, match="has none: use reward.pooling=cls or mean"):
         RewardModel.from_backbone(tiny_llama(len(tok)), RewardModelConfig(pooling="pooler"), tok)
 
