@@ -391,10 +391,8 @@ class RewardModelConfig:
 def default_pooling(backbone_config: Any, has_pooler: bool = False) -> Pooling:
     """For encoder (masked-LM family) backbones ``"pooler"`` when the backbone has its own pooling layer
     (``has_pooler``; BERT's pretrained dense + tanh, what ``AutoModelForSequenceClassification`` scores),
-    else ``"mean"``; ``"last"`` for everything else.
-
-    Measured on MiniLM-L6 / HH-RLHF (``bench/rm_vs_trl.py``'s task, ``docs/benchmarks.md``): ``"pooler"``
-    0.652 held-out accuracy over 3 seeds (0.650–0.656), ``"mean"`` 0.636 over 8 runs (0.613–0.653).
+    else ``"mean"``; ``"last"`` for everything else. Why ``"pooler"`` first: ``docs/reward_models.md``
+    (measured on MiniLM-L6 / HH-RLHF).
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from prefkit.data.records import Pair, Ranking, Record
 from prefkit.errors import ConfigError, DataError
+from prefkit.models.decoder import unwrap
 from prefkit.models.feature_cache import FeatureCache, hash_json, hash_module_weights, hash_tokenizer
 from prefkit.models.heads import (
     GPMHead,
@@ -95,12 +96,11 @@ class RewardModel(nn.Module):
         self.head = head
         self.config = config
         self.tokenizer = tokenizer
-        self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None),
-                                                                  has_pooler=self.pooler_layer() is not None)
-        if self.pooling == "pooler" and self.pooler_layer() is None:
-            base = backbone.get_base_model() if is_peft(backbone) else backbone
+        has_pooler = self.pooler_layer() is not None
+        self.pooling: Pooling = config.pooling or default_pooling(getattr(backbone, "config", None), has_pooler)
+        if self.pooling == "pooler" and not has_pooler:
             raise ConfigError(f"reward.pooling=pooler needs a backbone with its own pooling layer (BERT's 'pooler'); "
-                              f"{type(base).__name__} has none: use reward.pooling=cls or mean")
+                              f"{type(unwrap(backbone)).__name__} has none: use reward.pooling=cls or mean")
         self.packing = True
         """Default of ``forward(packing=...)``: the padding-free fast path where the backbone allows it."""
         self.share_prefix = True
@@ -286,8 +286,7 @@ class RewardModel(nn.Module):
 
     def pooler_layer(self) -> nn.Module | None:
         """The backbone's own pooling layer (BERT-family ``pooler``: first token → dense → tanh), or None."""
-        base = self.backbone.get_base_model() if is_peft(self.backbone) else self.backbone
-        return getattr(base, "pooler", None)
+        return getattr(unwrap(self.backbone), "pooler", None)
 
     def _pooler_step(self, first: Tensor) -> Tensor:
         """``"pooler"`` pooling's second step on the first tokens' states (N, H); the identity otherwise."""
